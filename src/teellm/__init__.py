@@ -1,0 +1,3 @@
+"""teellm: private LLM inference inside Trusted Execution Environments."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""TEE runtimes (evidence generation) and verifiers (parse -> verify -> appraise)."""

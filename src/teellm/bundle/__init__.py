@@ -1,0 +1,1 @@
+"""Sealed model bundles: seal, open, manifest, signatures."""

@@ -1,0 +1,1 @@
+"""Client side: SDK, OpenAI drop-in transport, local proxy, verification report."""

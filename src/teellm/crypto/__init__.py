@@ -1,0 +1,1 @@
+"""Thin wrappers over pyca/cryptography. Nothing here re-implements a primitive."""

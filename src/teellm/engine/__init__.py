@@ -1,0 +1,1 @@
+"""Inference engine: model, tokenizer, KV cache, scheduler, sampling."""

@@ -1,0 +1,1 @@
+"""Key broker service, its client and its store."""

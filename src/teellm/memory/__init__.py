@@ -1,0 +1,1 @@
+"""Protected memory: memfd_secret, mlock, MADV_DONTDUMP, non-dumpable process."""

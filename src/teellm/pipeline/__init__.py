@@ -1,0 +1,1 @@
+"""Input preprocessing and output post-processing, inside the enclave."""

@@ -1,0 +1,1 @@
+"""The confidential server: OpenAI API, attestation document, E2E envelope."""
