@@ -1,0 +1,69 @@
+"""Prometheus metrics. Labels are fixed vocabularies (endpoint, status, mode,
+tenant name, model id): never prompt or output text, never token values."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ServerMetrics:
+    """One registry per server, so several apps in one process do not collide."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "teellm_requests",
+            "API requests by endpoint, status and transport mode",
+            ["endpoint", "status", "mode"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "teellm_tokens",
+            "Tokens processed, by tenant, model and kind (prompt or completion)",
+            ["tenant", "model", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "teellm_request_seconds",
+            "Time from request to last byte, by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "teellm_time_to_first_token_seconds",
+            "Time from request to first generated token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "teellm_requests_in_flight", "Generation requests in progress", registry=r
+        )
+        self.access_denied = Counter(
+            "teellm_access_denied",
+            "Requests refused by access control, by reason code",
+            ["code"],
+            registry=r,
+        )
+        self.attestations = Counter(
+            "teellm_attestation_documents",
+            "Attestation documents served, fresh (with nonce) or boot",
+            ["kind"],
+            registry=r,
+        )
+        self.ready = Gauge("teellm_ready", "1 when the server is ready to serve", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
