@@ -1,0 +1,210 @@
+"""The engine: a model, its tokenizer and a continuous-batching scheduler behind one API."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import torch
+
+from teellm.engine.config import ModelConfig
+from teellm.engine.errors import InputTooLongError, InvalidModelError, InvalidRequestError
+from teellm.engine.model import Transformer
+from teellm.engine.sampling import TokenSampler
+from teellm.engine.scheduler import Scheduler, SchedulerStats, Sequence
+from teellm.engine.sinks import AsyncSink, Sink, ThreadSink
+from teellm.engine.source import ModelSource
+from teellm.engine.types import Completion, Delta, GenerationRequest, Usage
+from teellm.pipeline.detokenize import IncrementalDetokenizer
+from teellm.pipeline.stops import StopMatcher
+from teellm.pipeline.text import normalize_text
+from teellm.pipeline.tokenizer import TextTokenizer
+from teellm.settings import ModelSettings
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine tuning beyond ModelSettings.
+
+    ``max_seq_len``: cache length per sequence (prompt + output), default
+    ``min(max_position_embeddings, max_input_length + 1024)``; ``kv_budget_tokens``: live
+    tokens across running sequences before preemption, default ``batch_size * max_seq_len``;
+    ``prefill_chunk``: prompt tokens per prefill forward pass; ``max_backlog``: unread
+    deltas after which a request pauses; ``threads``: torch intra-op threads.
+    """
+
+    max_seq_len: int | None = None
+    kv_budget_tokens: int | None = None
+    prefill_chunk: int = 512
+    max_backlog: int = 64
+    threads: int | None = None
+
+
+class Engine:
+    """Serve one model with continuous batching.
+
+    ``start()`` launches the scheduler thread; ``stream(req)`` yields deltas (closing the
+    iterator cancels the request); ``generate(req)`` blocks for the whole completion.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        settings: ModelSettings,
+        *,
+        model_id: str,
+        options: EngineOptions | None = None,
+    ) -> None:
+        opts = options or EngineOptions()
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        raw_config = source.read("config.json")
+        if raw_config is None:
+            raise InvalidModelError("the model has no config.json")
+        self.config = ModelConfig.from_json(raw_config, source.read_json("generation_config.json"))
+        self.tokenizer = TextTokenizer.from_source(source)
+        self.model = Transformer(self.config, source.tensors, precision=settings.precision)
+        self.model_id = model_id
+        self.settings = settings
+        self.source = source
+        max_seq = opts.max_seq_len or min(
+            self.config.max_position_embeddings, settings.max_input_length + 1024
+        )
+        self.max_seq_len = max_seq
+        self.max_input_length = min(settings.max_input_length, max_seq - 1)
+        eos = set(self.config.eos_token_ids)
+        eos_tok = self.tokenizer.token_id(self.tokenizer.eos_token)
+        if eos_tok is not None:
+            eos.add(eos_tok)
+        self.eos_ids = frozenset(eos)
+        self.scheduler = Scheduler(
+            self.model,
+            slots=settings.batch_size,
+            max_seq=max_seq,
+            kv_budget=opts.kv_budget_tokens or settings.batch_size * max_seq,
+            prefill_chunk=opts.prefill_chunk,
+            max_backlog=opts.max_backlog,
+        )
+
+    def __repr__(self) -> str:
+        return f"Engine(model_id={self.model_id!r}, precision={self.settings.precision!r})"
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> Engine:
+        self.scheduler.start()
+        return self
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats
+
+    # -- preprocessing --------------------------------------------------------
+    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+        """Token ids of the request's prompt, after normalisation and the chat template.
+
+        Raises InputTooLongError past ``max_input_length`` (never truncates).
+        """
+        if req.messages is not None:
+            text = self.tokenizer.apply_chat_template(
+                req.messages, add_generation_prompt=req.add_generation_prompt
+            )
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        elif req.prompt is not None:
+            ids = self.tokenizer.encode(normalize_text(req.prompt), add_special_tokens=True)
+        else:
+            raise InvalidRequestError("a request needs a prompt or messages")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty")
+        if len(ids) > self.max_input_length:
+            raise InputTooLongError(self.max_input_length, len(ids))
+        return ids
+
+    def count_prompt_tokens(self, req: GenerationRequest) -> int:
+        """How many tokens the request's prompt is (InputTooLongError past the limit)."""
+        return len(self.prompt_ids(req))
+
+    def _sequence(self, req: GenerationRequest, ids: list[int], sink: Sink) -> Sequence:
+        params = req.sampling
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        sampler = TokenSampler(params, self.config.vocab_size, seed)
+        sampler.observe_prompt(ids)
+        return Sequence(
+            request_id=req.request_id,
+            tenant=req.tenant,
+            tokens=list(ids),
+            num_prompt=len(ids),
+            max_new=min(params.max_tokens, self.max_seq_len - len(ids)),
+            sampler=sampler,
+            detok=IncrementalDetokenizer(self.tokenizer, ids),
+            stops=StopMatcher(params.stop),
+            sink=sink,
+            logprobs=params.logprobs,
+            eos_ids=self.eos_ids,
+        )
+
+    # -- generation -----------------------------------------------------------
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Submit ``req`` and yield its deltas; the last one has finish_reason and usage.
+
+        Leaving the loop early (break, aclose, task cancellation) cancels the request
+        and frees its slot.
+        """
+        import asyncio
+
+        ids = self.prompt_ids(req)
+        sink = AsyncSink(asyncio.get_running_loop())
+        seq = self._sequence(req, ids, sink)
+        self.scheduler.submit(seq)
+        try:
+            while True:
+                item = await sink.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not seq.done:
+                seq.cancel()
+                self.scheduler.wake()
+
+    def generate(self, req: GenerationRequest) -> Completion:
+        """Run ``req`` to completion (blocking; call from a thread, not an event loop)."""
+        ids = self.prompt_ids(req)
+        sink = ThreadSink()
+        seq = self._sequence(req, ids, sink)
+        self.scheduler.submit(seq)
+        text: list[str] = []
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        try:
+            while True:
+                item = sink.get()
+                if isinstance(item, BaseException):
+                    raise item
+                text.append(item.text)
+                token_ids.extend(item.token_ids)
+                logprobs.extend(item.logprobs or [])
+                if item.finish_reason is not None:
+                    usage = item.usage or Usage(len(ids), len(token_ids), len(ids) + len(token_ids))
+                    return Completion(
+                        text="".join(text),
+                        token_ids=token_ids,
+                        finish_reason=item.finish_reason,
+                        usage=usage,
+                        logprobs=logprobs if req.sampling.logprobs else None,
+                    )
+        finally:
+            if not seq.done:
+                seq.cancel()
+                self.scheduler.wake()

@@ -1,0 +1,301 @@
+"""A compact decoder-only transformer for the Llama family (Llama 2/3.x, Mistral, Qwen2, Qwen3).
+
+One readable file in the spirit of gpt-fast. The numerics follow the reference
+Hugging Face implementation step by step (RMSNorm in float32, rotary tables in
+float32 cast to the compute dtype, SDPA attention) so that logits match it.
+
+The KV cache is static and preallocated: ``[slots, kv_heads, max_seq, head_dim]`` per
+layer. Every batch row names its cache slot and the absolute position of each of its
+tokens, so sequences of different lengths run in one forward pass; a boolean mask
+keeps each row to its own past.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from teellm.engine.config import ModelConfig
+from teellm.engine.errors import InvalidModelError, UnsupportedModelError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class Linear:
+    """y = x W^T + b over weights used as they are (no copy when the dtype matches)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight = weight
+        self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    @property
+    def nbytes(self) -> int:
+        b = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        return self.weight.numel() * self.weight.element_size() + b
+
+
+class Int8Linear(Linear):
+    """Weight-only int8 (per output channel scale); activations stay bfloat16."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        w = weight.float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+        q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8).contiguous()
+        super().__init__(q, None if bias is None else bias.to(torch.bfloat16))
+        self.scale = scale.to(torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scale)
+        y = y.reshape(*shape[:-1], y.shape[-1])
+        return y if self.bias is None else y + self.bias
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() + self.scale.numel() * 2
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def rotary_tables(cfg: ModelConfig, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """cos and sin for positions [0, length): shape ``[2, length, head_dim]``."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    rope = cfg.rope
+    if rope.kind == "llama3":
+        low_wavelen = rope.original_max_position / rope.low_freq_factor
+        high_wavelen = rope.original_max_position / rope.high_freq_factor
+        wavelen = 2 * torch.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (rope.original_max_position / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    positions = torch.arange(length, dtype=torch.float32)
+    if rope.kind == "linear":
+        positions = positions / rope.factor
+    freqs = positions[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return torch.stack((emb.cos(), emb.sin())).to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class Layer:
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    gate: Linear
+    up: Linear
+    down: Linear
+    attn_norm: torch.Tensor
+    mlp_norm: torch.Tensor
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+
+
+@dataclass
+class Batch:
+    """One forward pass's inputs, built by the scheduler.
+
+    ``tokens``/``positions``: ``[B, T]``; ``slots``: ``[B]`` cache slot of each row;
+    ``slot_range``: ``(first, end)`` when the slots are exactly ``range(first, end)`` so the
+    cache can be read as a view; ``kv_len``: how many cache positions to attend over;
+    ``masks``: per sliding-window value, a ``[B, 1, T, kv_len]`` boolean mask (True = attend);
+    ``last``: for each row, the index in T whose logits are wanted (None: all of them).
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    slot_range: tuple[int, int] | None
+    kv_len: int
+    masks: dict[int | None, torch.Tensor]
+    last: torch.Tensor | None
+
+
+class Transformer:
+    """The model: weights, rotary tables and the static KV cache."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        precision: str = "bfloat16",
+    ) -> None:
+        if precision not in ("float32", "bfloat16", "int8"):
+            raise UnsupportedModelError(f"unsupported precision {precision!r}")
+        self.cfg = cfg
+        self.precision = precision
+        self.dtype = DTYPES.get(precision, torch.bfloat16)
+        linear = Int8Linear if precision == "int8" else Linear
+        w = _Weights(tensors, self.dtype)
+        h, hd = cfg.hidden_size, cfg.head_dim
+        q_out, kv_out, inter = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size
+        self.embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, h))
+        self.norm = w.get("model.norm.weight", (h,))
+        if cfg.tie_word_embeddings or "lm_head.weight" not in tensors:
+            self.lm_head = Linear(self.embed, None)
+        else:
+            self.lm_head = Linear(w.get("lm_head.weight", (cfg.vocab_size, h)), None)
+        self.layers: list[Layer] = []
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+
+            def lin(name: str, shape: tuple[int, int], p: str = p) -> Linear:
+                bias = w.optional(f"{p}{name}.bias", (shape[0],))
+                return linear(w.get(f"{p}{name}.weight", shape), bias)
+
+            self.layers.append(
+                Layer(
+                    q=lin("self_attn.q_proj", (q_out, h)),
+                    k=lin("self_attn.k_proj", (kv_out, h)),
+                    v=lin("self_attn.v_proj", (kv_out, h)),
+                    o=lin("self_attn.o_proj", (h, q_out)),
+                    gate=lin("mlp.gate_proj", (inter, h)),
+                    up=lin("mlp.up_proj", (inter, h)),
+                    down=lin("mlp.down_proj", (h, inter)),
+                    attn_norm=w.get(f"{p}input_layernorm.weight", (h,)),
+                    mlp_norm=w.get(f"{p}post_attention_layernorm.weight", (h,)),
+                    q_norm=w.get(f"{p}self_attn.q_norm.weight", (hd,)) if cfg.qk_norm else None,
+                    k_norm=w.get(f"{p}self_attn.k_norm.weight", (hd,)) if cfg.qk_norm else None,
+                )
+            )
+        self.k_cache: list[torch.Tensor] = []
+        self.v_cache: list[torch.Tensor] = []
+        self.rope = torch.empty(0)
+        self.max_seq = 0
+
+    @property
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads (embedding rows excluded)."""
+        total = self.lm_head.nbytes
+        for layer in self.layers:
+            for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+                total += lin.nbytes
+        return total
+
+    def allocate_cache(self, slots: int, max_seq: int) -> None:
+        """Preallocate the KV cache (zeros, so padded rows never read NaN)."""
+        cfg = self.cfg
+        shape = (slots, cfg.num_kv_heads, max_seq, cfg.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        self.rope = rotary_tables(cfg, max_seq, self.dtype)
+        self.max_seq = max_seq
+        self._heads = torch.arange(cfg.num_kv_heads)[None, :, None]
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        """Copy a sequence's cached keys/values to another slot (cache compaction)."""
+        for k, v in zip(self.k_cache, self.v_cache, strict=True):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Run the batch, update the cache, return float32 logits ``[B, vocab]``."""
+        cfg = self.cfg
+        bsz, seqlen = batch.tokens.shape
+        x = F.embedding(batch.tokens, self.embed)
+        cos = self.rope[0][batch.positions].unsqueeze(1)
+        sin = self.rope[1][batch.positions].unsqueeze(1)
+        write_idx = (batch.slots[:, None, None], self._heads, batch.positions[:, None, :])
+        hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+            q = layer.q(h).view(bsz, seqlen, nh, hd)
+            k = layer.k(h).view(bsz, seqlen, nkv, hd)
+            v = layer.v(h).view(bsz, seqlen, nkv, hd).transpose(1, 2)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
+                k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+            q = rotate(q.transpose(1, 2), cos, sin)
+            k = rotate(k.transpose(1, 2), cos, sin)
+            k_cache, v_cache = self.k_cache[i], self.v_cache[i]
+            k_cache.index_put_(write_idx, k)
+            v_cache.index_put_(write_idx, v)
+            if batch.slot_range is not None:
+                a, b = batch.slot_range
+                keys = k_cache[a:b, :, : batch.kv_len]
+                values = v_cache[a:b, :, : batch.kv_len]
+            else:
+                keys = k_cache[:, :, : batch.kv_len].index_select(0, batch.slots)
+                values = v_cache[:, :, : batch.kv_len].index_select(0, batch.slots)
+            attn = F.scaled_dot_product_attention(
+                q,
+                keys,
+                values,
+                attn_mask=batch.masks[cfg.layer_windows[i]],
+                enable_gqa=nh != nkv,
+            )
+            x = x + layer.o(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
+            h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
+            x = x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
+        if batch.last is not None:
+            x = x[torch.arange(bsz), batch.last]
+        return self.lm_head(rms_norm(x, self.norm, cfg.rms_norm_eps)).float()
+
+    @torch.inference_mode()
+    def forward_all(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[T, vocab]`` for every position of one fresh sequence in slot 0."""
+        seqlen = tokens.shape[-1]
+        positions = torch.arange(seqlen)[None, :]
+        causal = positions <= positions.T
+        masks = {}
+        for window in set(self.cfg.layer_windows):
+            m = causal if window is None else causal & (positions.T - positions < window)
+            masks[window] = m[None, None]
+        batch = Batch(
+            tokens=tokens.view(1, -1),
+            positions=positions,
+            slots=torch.zeros(1, dtype=torch.long),
+            slot_range=(0, 1),
+            kv_len=seqlen,
+            masks=masks,
+            last=None,
+        )
+        return self.forward(batch)[0]
+
+
+class _Weights:
+    """Checked access to the checkpoint's tensors, converting only when the dtype differs."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+        self.tensors = tensors
+        self.dtype = dtype
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in self.tensors:
+            raise InvalidModelError(f"weight {name} is missing")
+        return self._check(name, self.tensors[name], shape)
+
+    def optional(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        t = self.tensors.get(name)
+        return None if t is None else self._check(name, t, shape)
+
+    def _check(self, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        if tuple(t.shape) != shape:
+            raise InvalidModelError(f"weight {name} has shape {tuple(t.shape)}, expected {shape}")
+        if not t.is_floating_point():
+            raise InvalidModelError(f"weight {name} is not a floating-point tensor")
+        return t if t.dtype == self.dtype else t.to(self.dtype)
