@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from teellm.crypto import envelope, receipts
@@ -307,13 +308,23 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
     def _gen_request(call: _Call, *, prompt: str | None, messages: Any, sampling: Any) -> Any:
         assert ctx.make_request is not None and ctx.make_sampling is not None
-        return ctx.make_request(
-            request_id=new_id("req"),
-            tenant=call.tenant.name,
-            prompt=prompt,
-            messages=messages,
-            sampling=ctx.make_sampling(**sampling),
-        )
+        try:
+            return ctx.make_request(
+                request_id=new_id("req"),
+                tenant=call.tenant.name,
+                prompt=prompt,
+                messages=messages,
+                sampling=ctx.make_sampling(**sampling),
+            )
+        except ValidationError as exc:
+            # The engine's own limits (seed range, stop count...): name the field only.
+            errors = exc.errors(include_input=False, include_url=False)
+            loc = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
+            raise ApiError(
+                f"invalid request: {loc or 'parameters'} is out of range",
+                code="invalid_request",
+                param=loc,
+            ) from None
 
     def _finish(call: _Call, endpoint: str, status: int) -> None:
         metrics.requests.labels(endpoint=endpoint, status=str(status), mode=call.mode).inc()
