@@ -1,0 +1,1 @@
+"""AMD SEV-SNP: report layout (abi), certificate table (certs), verification (verify)."""
