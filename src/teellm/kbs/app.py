@@ -38,6 +38,9 @@ from teellm.kbs.protocol import (
 
 log = logging.getLogger("teellm.kbs")
 
+# Admin input errors (bad policy, bad key): the caller's fault, answered with 400.
+_CLIENT_ERRORS = {"policy_invalid", "key_invalid", "manifest_digest_invalid"}
+
 
 class PutKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -88,8 +91,10 @@ def create_app(broker: KeyBroker, *, admin_token_hashes: list[str] | None = None
             return _error(429, exc, {"Retry-After": str(int(exc.retry_after_s) + 1)})
         if isinstance(exc, AdminAuthError):
             return _error(401, exc, {"WWW-Authenticate": "Bearer"})
-        if isinstance(exc, ProtocolError):
+        if isinstance(exc, ProtocolError) or exc.code in _CLIENT_ERRORS:
             return _error(400, exc)
+        if exc.code == "key_exists":
+            return _error(409, exc)
         log.error("key broker error: %s", exc.code)
         return _error(503 if exc.code.startswith("store") else 500, exc)
 
