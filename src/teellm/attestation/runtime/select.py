@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from teellm.attestation.runtime.nitro import DEFAULT_DEVICE, NitroRuntime
@@ -13,13 +14,17 @@ KINDS = ("auto", "tsm", "nitro", "simulated")
 
 
 def select(
-    kind: str = "auto", *, tsm_root: Path = DEFAULT_ROOT, nsm_device: Path = DEFAULT_DEVICE
+    kind: str = "auto", *, tsm_root: Path | None = None, nsm_device: Path | None = None
 ) -> TEERuntime:
     """The runtime named ``kind`` (auto|tsm|nitro|simulated).
 
     ``auto`` never falls back to simulation: with no TEE hardware it raises
     ``AttestationError(code="no_tee")``; ask for ``simulated`` explicitly.
+    Paths default to ``$TEELLM_TSM_ROOT`` / ``$TEELLM_NSM_DEVICE``, else the
+    kernel's (/sys/kernel/config/tsm/report, /dev/nsm).
     """
+    tsm_root = tsm_root or Path(os.environ.get("TEELLM_TSM_ROOT") or DEFAULT_ROOT)
+    nsm_device = nsm_device or Path(os.environ.get("TEELLM_NSM_DEVICE") or DEFAULT_DEVICE)
     if kind == "simulated":
         return SimulatedRuntime()
     if kind == "tsm":
