@@ -62,6 +62,12 @@ class KeyBroker:
     ``verify_clock`` gives the ``now`` used for evidence verification (None: wall
     clock); ``clock`` is the epoch-seconds clock for nonce expiry. ``collateral``
     maps a TEE type (``"tdx"``) to verification collateral supplied offline.
+
+    Evidence must bind the nonce and the ephemeral key (report data). Only when
+    the broker is built with ``allow_unbound_evidence`` AND a model's policy sets
+    ``require_report_data: false`` is that check skipped: then anyone holding a
+    recorded piece of evidence gets the key, so this exists for demonstrations
+    on recorded hardware evidence, never for production.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class KeyBroker:
         verify_clock: Callable[[], datetime | None] | None = None,
         clock: Callable[[], float] = time.time,
         collateral: Mapping[str, bytes] | None = None,
+        allow_unbound_evidence: bool = False,
     ) -> None:
         self.store = store
         self.master_keys = master_keys
@@ -86,6 +93,7 @@ class KeyBroker:
         self._verify_clock = verify_clock or (lambda: None)
         self._clock = clock
         self._collateral = dict(collateral or {})
+        self.allow_unbound_evidence = allow_unbound_evidence
         self._challenges = 0
         self._count_lock = threading.Lock()
 
@@ -305,11 +313,21 @@ class KeyBroker:
         key_row = self.store.get_key(ch.model_id, ch.version)
         assert policy is not None and key_row is not None  # _precheck guarantees both
         digest = bytes.fromhex(key_row.manifest_digest) if key_row.manifest_digest else b""
+        expected: bytes | None = expected_report_data(ch.nonce, pub_bytes, digest)
+        appraisal = policy.appraisal
+        if not appraisal.require_report_data:
+            if self.allow_unbound_evidence:
+                log.warning(
+                    "releasing without report-data binding for %s (policy opt-out)", ch.model_id
+                )
+                expected = None
+            else:  # the broker ignores the opt-out: binding is always checked
+                appraisal = appraisal.model_copy(update={"require_report_data": True})
         started = time.perf_counter()
         decision = verify_and_appraise(
             evidence,
-            policy.appraisal,
-            expected_report_data=expected_report_data(ch.nonce, pub_bytes, digest),
+            appraisal,
+            expected_report_data=expected,
             now=self._verify_clock(),
             collateral=self._collateral.get(evidence.tee_type.value),
         )
@@ -357,6 +375,7 @@ class KeyBroker:
                 reasons=[],
                 **ctx,
                 detail={
+                    "bound": expected is not None,
                     "suite": self.suite.name,
                     "tcb_status": decision.claims.tcb_status if decision.claims else None,
                 },

@@ -32,6 +32,7 @@ class LocalBroker:
         verify_clock: Callable[[], datetime | None] | None = None,
         collateral: Mapping[str, bytes] | None = None,
         admin_token_hashes: list[str] | None = None,
+        allow_unbound_evidence: bool = False,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if store_url is None:
@@ -47,6 +48,7 @@ class LocalBroker:
             rate_limiter=FailureRateLimiter(max_failures=max_failures),
             verify_clock=verify_clock,
             collateral=collateral,
+            allow_unbound_evidence=allow_unbound_evidence,
         )
         self.server = ServerThread(create_app(self.broker, admin_token_hashes=admin_token_hashes))
 
