@@ -1,0 +1,164 @@
+"""The Engine API end to end: plain directories, sealed bundles, sampling, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from teellm.bundle.keys import generate_signing_key, write_content_key, write_signing_key
+from teellm.bundle.loader import load_bundle
+from teellm.bundle.seal import seal_model
+from teellm.cli import app
+from teellm.devmodel import make_model_dir
+from teellm.engine import (
+    Engine,
+    GenerationRequest,
+    InvalidModelError,
+    InvalidRequestError,
+    ModelSource,
+    SamplingParams,
+    UnsupportedModelError,
+)
+from teellm.settings import ModelSettings
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("m"), dtype="bfloat16", shards=2)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("b")
+    signing = generate_signing_key()
+    pub = write_signing_key(root / "publisher.pem", signing)
+    result = seal_model(
+        model_dir, root / "bundle", model_id="dev-model", version=1, signing_key=signing
+    )
+    write_content_key(root / "content.key", result.content_key)
+    return {
+        "bundle": root / "bundle",
+        "key": root / "content.key",
+        "pub": pub,
+    }
+
+
+def _req(prompt: str = "Hello world", **sampling: object) -> GenerationRequest:
+    return GenerationRequest(request_id="r", prompt=prompt, sampling=SamplingParams(**sampling))
+
+
+def test_bundle_weights_are_used_without_copies(bundle: dict[str, Path], model_dir: Path) -> None:
+    from teellm.bundle.keys import load_public_key, read_content_key
+
+    loaded = load_bundle(
+        bundle["bundle"],
+        content_key=read_content_key(bundle["key"]),
+        trusted_publishers=[load_public_key(bundle["pub"])],
+    )
+    with loaded:
+        source = ModelSource.from_bundle(loaded)
+        engine = Engine(source, ModelSettings(precision="bfloat16"), model_id="dev-model")
+        model = engine.model
+        assert model.embed.data_ptr() == loaded.tensors["model.embed_tokens.weight"].data_ptr()
+        layer = model.layers[1]
+        name = "model.layers.1.mlp.down_proj.weight"
+        assert layer.down.weight.data_ptr() == loaded.tensors[name].data_ptr()
+        with engine:
+            sealed = engine.generate(_req(max_tokens=12, ignore_eos=True))
+    with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="plain") as plain:
+        assert plain.generate(_req(max_tokens=12, ignore_eos=True)).token_ids == sealed.token_ids
+
+
+def test_usage_logprobs_and_chat(model_dir: Path) -> None:
+    with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="m") as engine:
+        out = engine.generate(_req(max_tokens=8, ignore_eos=True, logprobs=True))
+        assert out.finish_reason == "length"
+        assert out.usage.prompt_tokens == len(engine.prompt_ids(_req()))
+        assert out.usage.completion_tokens == 8 == len(out.token_ids)
+        assert out.logprobs is not None and len(out.logprobs) == 8
+        assert all(lp <= 0 and math.isfinite(lp) for lp in out.logprobs)
+        chat = GenerationRequest(
+            request_id="c",
+            messages=[{"role": "user", "content": "Hello"}],
+            sampling=SamplingParams(max_tokens=4),
+        )
+        ids = engine.prompt_ids(chat)
+        assert ids[0] == engine.tokenizer.token_id(engine.tokenizer.bos_token)
+        assert ids.count(ids[0]) == 1  # the template's BOS only, not a second one
+        assert engine.generate(chat).usage.prompt_tokens == len(ids)
+        with pytest.raises(InvalidRequestError):
+            engine.generate(GenerationRequest(request_id="n"))
+
+
+def test_penalties_change_greedy_output(model_dir: Path) -> None:
+    with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="m") as engine:
+        plain = engine.generate(_req(max_tokens=24, ignore_eos=True)).token_ids
+        penalised = engine.generate(
+            _req(max_tokens=24, ignore_eos=True, repetition_penalty=1.5, frequency_penalty=1.0)
+        ).token_ids
+        assert len(set(penalised)) >= len(set(plain))
+        assert penalised != plain
+
+
+def test_eos_finishes_with_stop(model_dir: Path) -> None:
+    with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="m") as engine:
+        # Greedy from this prompt reaches an end-of-sequence token on this model.
+        outs = [engine.generate(_req(p, max_tokens=64)) for p in ("Hello", "Hi", "The", "A")]
+    stopped = [o for o in outs if o.finish_reason == "stop"]
+    assert stopped, "no prompt reached EOS"
+    for o in stopped:
+        assert o.token_ids[-1] in engine.eos_ids
+
+
+def test_int8_weight_only_runs(model_dir: Path) -> None:
+    settings = ModelSettings(precision="int8")
+    with Engine(ModelSource.from_dir(model_dir), settings, model_id="m") as engine:
+        assert engine.model.layers[0].q.weight.dtype == torch.int8
+        out = engine.generate(_req(max_tokens=6, ignore_eos=True))
+    assert len(out.token_ids) == 6
+
+
+def test_unsupported_and_invalid_models(tmp_path: Path, model_dir: Path) -> None:
+    bad = make_model_dir(tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+    with pytest.raises(UnsupportedModelError):
+        Engine(ModelSource.from_dir(bad), ModelSettings(), model_id="x")
+    (bad / "config.json").write_text(json.dumps({**config, "hidden_size": 32}))
+    with pytest.raises(InvalidModelError, match="shape"):
+        Engine(ModelSource.from_dir(bad), ModelSettings(), model_id="x")
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(InvalidModelError):
+        Engine(ModelSource.from_dir(bad), ModelSettings(), model_id="x")
+
+
+def test_cli_generate_json(model_dir: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["generate", str(model_dir), "--prompt", "Hello", "--max-tokens", "5", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["usage"]["completion_tokens"] == len(out["token_ids"]) <= 5
+    assert isinstance(out["text"], str)
+    chat = CliRunner().invoke(
+        app,
+        ["generate", str(model_dir), "-p", "Hi", "--chat", "-n", "4", "-t", "0.7", "--seed", "3"],
+    )
+    assert chat.exit_code == 0, chat.output
+
+
+def test_cli_generate_sealed_bundle(bundle: dict[str, Path]) -> None:
+    pub = bundle["pub"]
+    args = ["generate", str(bundle["bundle"]), "-p", "Hello", "-n", "4", "--json"]
+    missing = CliRunner().invoke(app, args)
+    assert missing.exit_code == 2
+    result = CliRunner().invoke(
+        app, [*args, "--key", str(bundle["key"]), "--trusted-publisher", str(pub)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["usage"]["prompt_tokens"] > 0
