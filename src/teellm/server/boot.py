@@ -100,7 +100,7 @@ class OpenedModel:
 
 
 def read_manifest(bundle_dir: Path) -> Any:
-    from teellm.bundle import read_manifest as _read
+    from teellm.bundle.manifest import read_manifest as _read
 
     return _read(bundle_dir)
 
@@ -271,13 +271,13 @@ def boot(opts: BootOptions, *, runtime: TEERuntime | None = None) -> BootedServe
         kem=opts.kem,
     )
     attestor = Attestor(runtime, identity)
+    publishers = load_publishers(opts.trusted_publishers)
     if opts.content_key is not None:
         content_key = opts.content_key
     elif opts.kbs_url:
         content_key = release_key(opts.kbs_url, manifest, runtime)
     else:
         raise BootError("no key source: give --kbs URL", code="usage")
-    publishers = load_publishers(opts.trusted_publishers)
     try:
         model = open_model(
             opts.bundle,
