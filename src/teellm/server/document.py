@@ -253,6 +253,7 @@ class ClientPolicy(BaseModel):
     model_digests: list[str] = Field(default_factory=list)
     trusted_publishers: list[str] = Field(default_factory=list)
     allow_plain_mode: bool = False
+    require_receipts: bool = True
     require_memory_protection: list[str] = Field(default_factory=list)
 
     @classmethod
