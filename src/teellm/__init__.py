@@ -8,6 +8,13 @@ _LAZY = {
     "AsyncClient": "teellm.client.client",
     "openai_client": "teellm.client.client",
     "async_openai_client": "teellm.client.client",
+    "LLMInference": "teellm.inference",
+    "InferenceRequest": "teellm.inference",
+    "InferenceResult": "teellm.inference",
+    "RequestMetadata": "teellm.inference",
+    "SecurityContext": "teellm.inference",
+    "Sampling": "teellm.inference",
+    "ModelSettings": "teellm.settings",
 }
 
 
