@@ -17,19 +17,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from teellm.bundle import stream
 from teellm.bundle._chunks import ScratchBuffers, chunk_ranges, pread_exact, run_parallel
+from teellm.bundle.audit import open_data
 from teellm.bundle.errors import (
     BundleFormatError,
     ChunkAuthError,
     ContentCommitmentError,
-    FileExtendedError,
-    FileMissingError,
     FileTruncatedError,
     RollbackError,
     UntrustedPublisherError,
     WrongContentKeyError,
 )
 from teellm.bundle.keys import key_id
-from teellm.bundle.manifest import FileEntry, Manifest, data_path, read_manifest
+from teellm.bundle.manifest import FileEntry, Manifest, read_manifest
 from teellm.bundle.tensors import tensors_from_buffer
 from teellm.crypto.secret import SecretBytes
 from teellm.memory import ProtectedBuffer, ProtectionReport
@@ -127,36 +126,6 @@ def check_key(manifest: Manifest, content_key: SecretBytes) -> None:
         raise WrongContentKeyError("the content key does not match this bundle")
 
 
-def _open_data(bundle_dir: Path, manifest: Manifest) -> dict[str, int]:
-    """Open every data file and check its exact size before any decryption."""
-    fds: dict[str, int] = {}
-    try:
-        for entry in manifest.files:
-            path = data_path(bundle_dir, entry.name)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise FileMissingError(f"{entry.name}: encrypted file is missing") from None
-            except OSError as exc:
-                raise FileMissingError(f"{entry.name}: cannot open ({exc.strerror})") from None
-            fds[entry.name] = fd
-            actual = os.fstat(fd).st_size
-            expected = manifest.encrypted_size(entry)
-            if actual < expected:
-                raise FileTruncatedError(
-                    f"{entry.name}: {expected - actual} bytes missing (truncated or chunk removed)"
-                )
-            if actual > expected:
-                raise FileExtendedError(
-                    f"{entry.name}: {actual - expected} extra bytes (extended or chunk added)"
-                )
-    except BaseException:
-        for fd in fds.values():
-            os.close(fd)
-        raise
-    return fds
-
-
 def load_bundle(
     bundle_dir: str | Path,
     *,
@@ -180,7 +149,7 @@ def load_bundle(
     manifest = read_manifest(root)
     check_trust(manifest, trusted_publishers, min_version)
     check_key(manifest, content_key)
-    fds = _open_data(root, manifest)
+    fds = open_data(root, manifest)
     buffer: ProtectedBuffer | None = None
     try:
         layout: dict[str, int] = {}
