@@ -90,6 +90,11 @@ def verify_quote(evidence: Evidence, *, now: datetime, collateral: bytes | None 
     except ValueError as exc:
         message = str(exc).split("\n", 1)[0][:200]
         raise AttestationError(message, code=_error_code(str(exc))) from None
+    except BaseException as exc:
+        # a Rust panic surfaces as pyo3's PanicException, a BaseException
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        raise AttestationError("quote verifier failed", code="quote_invalid") from None
     result = json.loads(report.to_json())
     return _claims(tee, result)
 

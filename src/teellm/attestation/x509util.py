@@ -11,14 +11,22 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from teellm.attestation.types import AttestationError
 
 
+def _checked(cert: x509.Certificate) -> x509.Certificate:
+    # cryptography parses names, extensions and keys lazily: force it now so a
+    # malformed field is a typed error here, not a ValueError deep in verification
+    _ = (cert.issuer, cert.subject, cert.not_valid_before_utc, cert.not_valid_after_utc)
+    _ = (cert.extensions, cert.public_key(), cert.signature_hash_algorithm)
+    return cert
+
+
 def load_cert(data: bytes) -> x509.Certificate:
     """One certificate from DER or PEM bytes (typed error otherwise)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # vendor certs with non-positive serials
             if data.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificate(data)
-            return x509.load_der_x509_certificate(data)
+                return _checked(x509.load_pem_x509_certificate(data))
+            return _checked(x509.load_der_x509_certificate(data))
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise AttestationError("certificate is malformed", code="cert_malformed") from None
 
@@ -30,7 +38,7 @@ def load_certs(data: bytes) -> list[x509.Certificate]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return list(x509.load_pem_x509_certificates(data))
+            return [_checked(c) for c in x509.load_pem_x509_certificates(data)]
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise AttestationError("certificate chain is malformed", code="cert_malformed") from None
 

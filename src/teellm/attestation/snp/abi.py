@@ -134,6 +134,9 @@ def parse_report(raw: bytes) -> Report:
         raise AttestationError(
             f"unsupported SNP signature algorithm {algo}", code="evidence_malformed"
         )
+    if any(raw[0x330:REPORT_SIZE]):
+        # unsigned bytes after r and s must be zero, so no two accepted reports differ
+        raise AttestationError("SNP signature reserved bytes not zero", code="evidence_malformed")
     v3 = version >= 3
     return Report(
         raw=bytes(raw),
