@@ -31,8 +31,8 @@ def verify_evidence(
     if tee is TeeType.SIMULATED:
         from teellm.attestation.simulated import verify_simulated
 
-        return verify_simulated(evidence, now=at)
-    if tee in (TeeType.TDX, TeeType.SGX):
+        claims = verify_simulated(evidence, now=at)
+    elif tee in (TeeType.TDX, TeeType.SGX):
         from teellm.attestation.tdx import verify_quote
 
         claims = verify_quote(evidence, now=at, collateral=collateral)
