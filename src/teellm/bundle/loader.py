@@ -133,6 +133,7 @@ def load_bundle(
     trusted_publishers: Sequence[Ed25519PublicKey],
     min_version: int | None = None,
     verify_plaintext: bool = True,
+    prefer_secret: bool = True,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> LoadedBundle:
@@ -144,6 +145,9 @@ def load_bundle(
     :class:`~teellm.bundle.errors.BundleError` and leaves nothing loaded.
     ``verify_plaintext=False`` skips re-hashing the plaintext: the ciphertext
     digest and key commitment already fix it (see docs/sealed-format.md).
+    ``prefer_secret=False`` uses locked anonymous memory instead of memfd_secret
+    (whose first-touch page faults are slow on some kernels; see docs/benchmarks.md);
+    ``protection`` reports which one holds.
     """
     root = Path(bundle_dir)
     manifest = read_manifest(root)
@@ -157,7 +161,7 @@ def load_bundle(
         for entry in manifest.files:
             layout[entry.name] = total
             total += -(-entry.size // ALIGN) * ALIGN
-        buffer = ProtectedBuffer(total)
+        buffer = ProtectedBuffer(total, prefer_secret=prefer_secret)
         mem = buffer.view
         _decrypt_all(manifest, content_key, fds, mem, layout, verify_plaintext, progress, workers)
         files = {
