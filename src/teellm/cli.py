@@ -12,6 +12,7 @@ import typer
 from teellm import __version__
 from teellm.attestation import cli as attestation_cli
 from teellm.bundle import cli as bundle_cli
+from teellm.client import cli as client_cli
 from teellm.engine import cli as engine_cli
 from teellm.kbs import cli as kbs_cli
 from teellm.server import cli as server_cli
@@ -40,7 +41,7 @@ def _root(
     """Private LLM inference inside Trusted Execution Environments."""
 
 
-for _component in (bundle_cli, engine_cli, attestation_cli, kbs_cli, server_cli):
+for _component in (bundle_cli, engine_cli, attestation_cli, kbs_cli, server_cli, client_cli):
     _component.register(app)
 
 
