@@ -39,7 +39,7 @@ from teellm.kbs.protocol import (
     seal,
 )
 from teellm.kbs.ratelimit import FailureRateLimiter
-from teellm.kbs.store import ChallengeRow, KeyInfo, PolicyRow, Store
+from teellm.kbs.store import ChallengeRow, KeyInfo, KeyRow, PolicyRow, Store
 
 log = logging.getLogger("teellm.kbs")
 
@@ -94,6 +94,7 @@ class KeyBroker:
         self._clock = clock
         self._collateral = dict(collateral or {})
         self.allow_unbound_evidence = allow_unbound_evidence
+        self._policy_cache: dict[str, ReleasePolicy] = {}
         self._challenges = 0
         self._count_lock = threading.Lock()
 
@@ -151,14 +152,31 @@ class KeyBroker:
     def effective_policy(self, model_id: str, version: int) -> ReleasePolicy | None:
         """The version's own policy if set, else the model's; anti-rollback takes the
         higher ``min_version`` of the two."""
-        specific = self.store.get_policy(model_id, version)
-        general = self.store.get_policy(model_id, None)
-        row: PolicyRow | None = specific or general
+        _, specific, general, _ = self.store.release_state(model_id, version)
+        return self._combine(specific, general)
+
+    def _combine(
+        self, specific: PolicyRow | None, general: PolicyRow | None
+    ) -> ReleasePolicy | None:
+        row = specific or general
         if row is None:
             return None
-        policy = ReleasePolicy.model_validate_json(row.policy)
+        policy = self._parse_policy(row.policy)
         floor = max(r.min_version for r in (specific, general) if r is not None)
+        if floor == policy.min_version:
+            return policy
         return policy.model_copy(update={"min_version": floor})
+
+    def _parse_policy(self, text: str) -> ReleasePolicy:
+        # Policies are re-read on every request (another broker may have changed them);
+        # parsing is cached by their exact JSON text.
+        cached = self._policy_cache.get(text)
+        if cached is None:
+            cached = ReleasePolicy.model_validate_json(text)
+            if len(self._policy_cache) > 256:
+                self._policy_cache.clear()
+            self._policy_cache[text] = cached
+        return cached
 
     def list_keys(self) -> list[KeyInfo]:
         """Key metadata only; no call of the broker returns key material to an admin."""
@@ -217,7 +235,7 @@ class KeyBroker:
     def challenge(self, req: ChallengeRequest, client: str) -> ChallengeResponse:
         """Step 1->2: check the request can be served at all, issue a single-use nonce."""
         self.rate_limiter.check(client)
-        codes, reasons = self._precheck(req.model_id, req.version, req.tee_type)
+        codes, reasons, _, _ = self._precheck(req.model_id, req.version, req.tee_type)
         if codes:
             self._deny(
                 client,
@@ -234,9 +252,7 @@ class KeyBroker:
         self.store.add_challenge(
             ChallengeRow(
                 request_id, nonce, req.model_id, req.version, req.tee_type, client, expires, False
-            )
-        )
-        self.store.append_audit(
+            ),
             AuditEvent(
                 event="challenge",
                 decision="issued",
@@ -245,7 +261,7 @@ class KeyBroker:
                 tee_type=req.tee_type,
                 request_id=request_id,
                 client=client,
-            )
+            ),
         )
         self.metrics.challenges.inc()
         self._maybe_purge()
@@ -306,11 +322,9 @@ class KeyBroker:
                 **ctx,
             )
         # Policy or key may have changed since the challenge: check again.
-        codes, reasons = self._precheck(ch.model_id, ch.version, ch.tee_type)
+        codes, reasons, policy, key_row = self._precheck(ch.model_id, ch.version, ch.tee_type)
         if codes:
             self._deny(client, codes, reasons, stage="attest", **ctx)
-        policy = self.effective_policy(ch.model_id, ch.version)
-        key_row = self.store.get_key(ch.model_id, ch.version)
         assert policy is not None and key_row is not None  # _precheck guarantees both
         digest = bytes.fromhex(key_row.manifest_digest) if key_row.manifest_digest else b""
         expected: bytes | None = expected_report_data(ch.nonce, pub_bytes, digest)
@@ -391,21 +405,29 @@ class KeyBroker:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _precheck(self, model_id: str, version: int, tee_type: str) -> tuple[list[str], list[str]]:
-        if not self.store.model_known(model_id):
-            return ["unknown_model"], ["no key or policy is registered for this model"]
-        policy = self.effective_policy(model_id, version)
+    def _precheck(
+        self, model_id: str, version: int, tee_type: str
+    ) -> tuple[list[str], list[str], ReleasePolicy | None, KeyRow | None]:
+        """Can this model version be released to this TEE type at all? One store read."""
+        known, specific, general, key_row = self.store.release_state(model_id, version)
+        if not known:
+            return ["unknown_model"], ["no key or policy is registered for this model"], None, None
+        policy = self._combine(specific, general)
         if policy is None:
-            return ["no_policy"], ["no release policy is set for this model"]
+            return ["no_policy"], ["no release policy is set for this model"], None, None
         if version < policy.min_version:
-            return ["version_below_minimum"], [
-                f"version {version} is below the minimum version {policy.min_version}"
-            ]
-        if self.store.get_key(model_id, version) is None:
-            return ["unknown_version"], [f"no key is registered for version {version}"]
+            reason = f"version {version} is below the minimum version {policy.min_version}"
+            return ["version_below_minimum"], [reason], None, None
+        if key_row is None:
+            return ["unknown_version"], [f"no key is registered for version {version}"], None, None
         if not policy.allows_tee_type(tee_type):
-            return ["tee_type_not_allowed"], [f"TEE type {tee_type[:32]!r} is not allowed"]
-        return [], []
+            return (
+                ["tee_type_not_allowed"],
+                [f"TEE type {tee_type[:32]!r} is not allowed"],
+                None,
+                None,
+            )
+        return [], [], policy, key_row
 
     def _deny(
         self,

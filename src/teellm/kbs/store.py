@@ -306,6 +306,39 @@ class Store:
             ).fetchone()
         return a is not None or b is not None
 
+    def release_state(
+        self, model_id: str, version: int
+    ) -> tuple[bool, PolicyRow | None, PolicyRow | None, KeyRow | None]:
+        """In one read: is the model known, its version policy, its model-wide policy, the key."""
+        cols = "model_id, version, policy, min_version, updated_at"
+        with self._tx() as tx:
+            pols = tx.execute(
+                f"SELECT {cols} FROM policies WHERE model_id = ? AND version IN (?, ?)",  # noqa: S608
+                (model_id, version, ANY_VERSION),
+            ).fetchall()
+            key = tx.execute(
+                "SELECT model_id, version, master_key_id, wrapped, manifest_digest, created_at"
+                " FROM keys WHERE model_id = ? AND version = ?",
+                (model_id, version),
+            ).fetchone()
+            known = bool(pols) or key is not None
+            if not known:
+                known = (
+                    tx.execute(
+                        "SELECT 1 FROM keys WHERE model_id = ? LIMIT 1", (model_id,)
+                    ).fetchone()
+                    is not None
+                )
+        rows = [self._policy_row(r) for r in pols]
+        specific = next((r for r in rows if r.version is not None), None)
+        general = next((r for r in rows if r.version is None), None)
+        key_row = (
+            None
+            if key is None
+            else KeyRow(key[0], int(key[1]), key[2], bytes.fromhex(key[3]), key[4], key[5])
+        )
+        return known, specific, general, key_row
+
     def all_wrapped(self) -> list[KeyRow]:
         """Every wrapped key row (for master-key rotation only)."""
         with self._tx() as tx:
@@ -370,7 +403,8 @@ class Store:
 
     # -- nonces ------------------------------------------------------------------------
 
-    def add_challenge(self, c: ChallengeRow) -> None:
+    def add_challenge(self, c: ChallengeRow, audit: AuditEvent | None = None) -> None:
+        """Store a new challenge, and its audit record in the same transaction."""
         with self._tx(write=True) as tx:
             tx.execute(
                 "INSERT INTO nonces (request_id, nonce, model_id, version, tee_type, client,"
@@ -385,6 +419,8 @@ class Store:
                     c.expires_at,
                 ),
             )
+            if audit is not None:
+                self._append_audit(tx, audit)
 
     def get_challenge(self, request_id: str) -> ChallengeRow | None:
         with self._tx() as tx:
@@ -421,19 +457,22 @@ class Store:
     def append_audit(self, event: AuditEvent) -> AuditRecord:
         """Append one record to the hash chain (serialised across threads and brokers)."""
         with self._tx(write=True) as tx:
-            if self.dialect == "postgresql":
-                tx.execute("SELECT pg_advisory_xact_lock(?)", (_AUDIT_LOCK_ID,))
-            head = tx.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(head[0]) + 1, head[1]) if head else (1, GENESIS)
-            time = utc_now_iso()
-            body = record_body(seq, time, event)
-            own = chain_hash(prev, body)
-            tx.execute(
-                "INSERT INTO audit (seq, time, event, model_id, body, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (seq, time, event.event, event.model_id, body.decode(), prev, own),
-            )
-            self._set_meta(tx, "audit_head", f"{seq}:{own}")
+            return self._append_audit(tx, event)
+
+    def _append_audit(self, tx: _Tx, event: AuditEvent) -> AuditRecord:
+        if self.dialect == "postgresql":
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (_AUDIT_LOCK_ID,))
+        head = tx.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (int(head[0]) + 1, head[1]) if head else (1, GENESIS)
+        time = utc_now_iso()
+        body = record_body(seq, time, event)
+        own = chain_hash(prev, body)
+        tx.execute(
+            "INSERT INTO audit (seq, time, event, model_id, body, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, time, event.event, event.model_id, body.decode(), prev, own),
+        )
+        self._set_meta(tx, "audit_head", f"{seq}:{own}")
         return AuditRecord(**event.model_dump(), seq=seq, time=time, prev_hash=prev, hash=own)
 
     def audit_records(self, *, after_seq: int = 0, limit: int | None = None) -> list[AuditRecord]:
