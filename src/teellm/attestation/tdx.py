@@ -15,6 +15,7 @@ from typing import Any
 
 import dcap_qvl
 
+from teellm.attestation.collateral import CollateralSource
 from teellm.attestation.types import AttestationError, Claims, Evidence, TeeType
 
 QUOTE_TEE_SGX = 0x00000000
@@ -68,10 +69,17 @@ def _error_code(message: str) -> str:
     return "quote_invalid"
 
 
-def verify_quote(evidence: Evidence, *, now: datetime, collateral: bytes | None = None) -> Claims:
+def verify_quote(
+    evidence: Evidence,
+    *,
+    now: datetime,
+    collateral: bytes | None = None,
+    collateral_source: CollateralSource | None = None,
+) -> Claims:
     """Verify a TDX/SGX quote with DCAP collateral (dcap-qvl JSON) at ``now``.
 
-    Collateral comes from the argument, else from ``evidence.aux["collateral"]``.
+    Collateral comes from the argument, else ``evidence.aux["collateral"]``, else
+    ``collateral_source`` (or one configured by ``TEELLM_PCCS_URL``), fetched and cached.
     """
     raw = evidence.raw
     if len(raw) > MAX_QUOTE:
@@ -82,6 +90,10 @@ def verify_quote(evidence: Evidence, *, now: datetime, collateral: bytes | None 
             f"quote is {tee.value}, evidence says {evidence.tee_type.value}", code="tee_mismatch"
         )
     blob = collateral if collateral is not None else evidence.aux.get("collateral")
+    if not blob:
+        source = collateral_source or CollateralSource.from_env()
+        if source is not None:
+            blob = source.get(raw, now=now)
     if not blob:
         raise AttestationError("no DCAP collateral supplied", code="collateral_missing")
     parsed = _parse_collateral(bytes(blob))

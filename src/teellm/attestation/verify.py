@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from teellm.attestation.policy import AppraisalPolicy, appraise
 from teellm.attestation.types import AttestationError, Check, Claims, Decision, Evidence, TeeType
+
+if TYPE_CHECKING:
+    from teellm.attestation.collateral import CollateralSource
 
 log = logging.getLogger("teellm.attestation")
 
@@ -23,7 +27,11 @@ def _utc(now: datetime | None) -> datetime:
 
 
 def verify_evidence(
-    evidence: Evidence, *, now: datetime | None = None, collateral: bytes | None = None
+    evidence: Evidence,
+    *,
+    now: datetime | None = None,
+    collateral: bytes | None = None,
+    collateral_source: CollateralSource | None = None,
 ) -> Claims:
     """Cryptographically verify ``evidence`` at ``now``; raise ``AttestationError`` if not."""
     at = _utc(now)
@@ -35,7 +43,9 @@ def verify_evidence(
     elif tee in (TeeType.TDX, TeeType.SGX):
         from teellm.attestation.tdx import verify_quote
 
-        claims = verify_quote(evidence, now=at, collateral=collateral)
+        claims = verify_quote(
+            evidence, now=at, collateral=collateral, collateral_source=collateral_source
+        )
     elif tee is TeeType.SNP:
         from teellm.attestation.snp.verify import verify_snp
 
@@ -88,6 +98,7 @@ def verify_and_appraise(
     expected_report_data: bytes | None,
     now: datetime | None = None,
     collateral: bytes | None = None,
+    collateral_source: CollateralSource | None = None,
 ) -> Decision:
     """Verify evidence and appraise it against ``policy``; never raises on bad evidence.
 
@@ -95,13 +106,17 @@ def verify_and_appraise(
     """
     at = _utc(now)
     try:
-        claims = verify_evidence(evidence, now=at, collateral=collateral)
+        claims = verify_evidence(
+            evidence, now=at, collateral=collateral, collateral_source=collateral_source
+        )
     except AttestationError as exc:
         return Decision(
             accepted=False,
             checks=[Check(name="evidence", passed=False, reason=f"{exc.code}: {exc}")],
         )
-    except Exception as exc:  # a verifier bug must still not accept or crash the caller
+    except BaseException as exc:  # a verifier bug (or a Rust panic) must not crash the caller
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
         log.exception("verifier error on %s evidence", evidence.tee_type.value)
         return Decision(
             accepted=False,
