@@ -191,9 +191,10 @@ def main() -> None:
         print(json.dumps({"bench": "attestation", "runs": runs, "results": results}))
         return
     print(f"attestation verification, median of {runs} runs (ms)")
+    widths = (-10, 9, 9, 9, 7, 7, 6)
     head = ("evidence", "teellm", "cold", "peer", "ratio", "cold/p", "goal")
     print(
-        f"{head[0]:<10} {head[1]:>9} {head[2]:>9} {head[3]:>9} {head[4]:>7} {head[5]:>7} {head[6]:>6}"
+        " ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w in zip(head, widths, strict=True))
     )
     for name, r in results.items():
         goal = f"<{r['goal_ms']:.0f}" if r["goal_ms"] else "-"
