@@ -244,6 +244,7 @@ def verify(
                 content_key=content_key,
                 trusted_publishers=publishers,
                 min_version=min_version,
+                verify_plaintext=True,
                 progress=lambda n: advance("load", n),
             )
         with loaded:

@@ -132,7 +132,7 @@ def load_bundle(
     content_key: SecretBytes,
     trusted_publishers: Sequence[Ed25519PublicKey],
     min_version: int | None = None,
-    verify_plaintext: bool = True,
+    verify_plaintext: bool = False,
     prefer_secret: bool = True,
     progress: Progress | None = None,
     workers: int | None = None,
@@ -143,8 +143,10 @@ def load_bundle(
     exact file sizes, then every chunk (ciphertext digest, AES-GCM tag, plaintext
     digest) and the per-file commitments. Any failure raises a typed
     :class:`~teellm.bundle.errors.BundleError` and leaves nothing loaded.
-    ``verify_plaintext=False`` skips re-hashing the plaintext: the ciphertext
-    digest and key commitment already fix it (see docs/sealed-format.md).
+    The plaintext commitments are re-checked only with ``verify_plaintext=True``
+    (``teellm verify`` does): the key commitment and the ciphertext digests already
+    fix the plaintext uniquely (see docs/sealed-format.md), so a load need not pay a
+    second SHA-256 pass.
     ``prefer_secret=False`` uses locked anonymous memory instead of memfd_secret
     (whose first-touch page faults are slow on some kernels; see docs/benchmarks.md);
     ``protection`` reports which one holds.
