@@ -148,7 +148,11 @@ class Client(_Base):
         )
         self._api_key = api_key
         if verify:
-            self.verify()
+            try:
+                self.verify()
+            except BaseException:
+                self.http.close()
+                raise
 
     def verify(self) -> VerificationReport:
         """Fetch a fresh attestation document and verify it now."""
