@@ -212,3 +212,45 @@ def test_encrypted_error_is_decrypted(fresh: EchoServer) -> None:
     with pytest.raises(ApiResponseError) as info:
         client.chat(MESSAGES, model="unknown-model")
     assert info.value.status == 404 and info.value.code == "nf"
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("reorder", envelope.ResponseTamperedError),
+        ("truncate", envelope.ResponseTruncatedError),
+        ("bad_receipt", ReceiptError),
+        ("plain", ServerProtocolError),
+    ],
+)
+async def test_async_tamper_detected(fresh: EchoServer, mode: str, error: type[Exception]) -> None:
+    async with teellm.AsyncClient(fresh.url, POLICY_YAML) as client:
+        fresh.tamper = mode
+        with pytest.raises(error):
+            async for _ in client.stream_chat(MESSAGES):
+                pass
+        with pytest.raises(error):
+            await client.chat(MESSAGES)
+
+
+def test_openai_from_client_shares_the_verified_session(fresh: EchoServer) -> None:
+    with teellm.Client(fresh.url, POLICY_YAML) as client:
+        before = fresh.attestations
+        oai = client.openai()
+        out = oai.chat.completions.create(model="echo-model", messages=MESSAGES)  # type: ignore[arg-type]
+        assert out.choices[0].message.content == "echo: " + CANARY
+        oai.close()  # its own connections: the SDK client keeps working
+        assert client.chat(MESSAGES)["choices"][0]["message"]["content"] == "echo: " + CANARY
+        assert fresh.attestations == before  # no second verification was needed
+
+
+def test_import_teellm_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, teellm; "
+        "heavy = [m for m in ('httpx', 'openai', 'fastapi', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy; assert callable(teellm.openai_client)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

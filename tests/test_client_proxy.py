@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -93,3 +94,24 @@ def test_proxy_refuses_to_start_for_unverified_server(fresh: EchoServer) -> None
         serve(fresh.url, policy, port=1)  # raises before it would listen
     with pytest.raises(ProxyError):
         serve(fresh.url, policy, host="0.0.0.0", port=1)
+
+
+def test_no_plaintext_in_logs(
+    fresh: EchoServer, proxy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary = "proxy-canary-41d9 do not log me"
+    caplog.set_level(logging.DEBUG)
+    client = openai.OpenAI(base_url=proxy + "/v1", api_key="unused", max_retries=0)
+    msgs = [{"role": "user", "content": canary}]
+    out = client.chat.completions.create(model="echo-model", messages=msgs)  # type: ignore[arg-type]
+    assert out.choices[0].message.content == "echo: " + canary
+    fresh.tamper = "reorder"  # the error path logs too
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        for _ in client.chat.completions.create(
+            model="echo-model",
+            messages=msgs,  # type: ignore[arg-type]
+            stream=True,
+        ):
+            pass
+    assert caplog.records  # something was logged, and none of it is the text
+    assert canary not in caplog.text and "do not log" not in caplog.text

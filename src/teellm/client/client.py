@@ -196,13 +196,14 @@ class Client(_Base):
             yield from iter_sse(response.iter_lines())
 
     def openai(self, **kwargs: Any) -> openai.OpenAI:
-        """An ``openai.OpenAI`` sharing this client's verified session."""
+        """An ``openai.OpenAI`` sharing this client's verified session (own connections)."""
         import openai
 
+        http = httpx.Client(transport=VerifyingTransport(self.session), timeout=self.http.timeout)
         return openai.OpenAI(
             base_url=self.url + "/v1",
             api_key=self._api_key or "teellm",
-            http_client=httpx.Client(transport=self.transport, timeout=self.http.timeout),  # type: ignore[arg-type]
+            http_client=http,  # type: ignore[arg-type]
             **kwargs,
         )
 
@@ -286,10 +287,13 @@ class AsyncClient(_Base):
     def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
         import openai
 
+        http = httpx.AsyncClient(
+            transport=AsyncVerifyingTransport(self.session), timeout=self.http.timeout
+        )
         return openai.AsyncOpenAI(
             base_url=self.url + "/v1",
             api_key=self._api_key or "teellm",
-            http_client=httpx.AsyncClient(transport=self.transport, timeout=self.http.timeout),  # type: ignore[arg-type]
+            http_client=http,  # type: ignore[arg-type]
             **kwargs,
         )
 
