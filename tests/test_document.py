@@ -231,6 +231,9 @@ def test_client_policy_yaml(tmp_path: Any) -> None:
     path.write_text(text)
     assert d.ClientPolicy.from_yaml(path) == policy
     assert d.ClientPolicy.from_yaml(str(path)) == policy
+    with pytest.raises(d.DocumentError) as info:
+        d.ClientPolicy.from_yaml(str(tmp_path / "missing.yaml"))
+    assert info.value.code == "policy_invalid" and "cannot read" in str(info.value)
     for bad in (
         "model_id: [1, 2]\n",
         "unknown_field: 1\n",

@@ -269,7 +269,7 @@ def _release(part: bytes, held: list[bytes]) -> list[bytes]:
     """Plaintext to pass on now. The SSE end marker waits for the FINAL frame:
     SSE consumers (the ``openai`` package) stop reading at ``[DONE]``, and the
     end of stream and its receipt must be verified before they see it."""
-    if held or DONE_MARKER in part:
+    if held or part.rstrip().endswith(DONE_MARKER):
         held.append(part)
         return []
     return [part]

@@ -259,7 +259,7 @@ class ClientPolicy(BaseModel):
     @classmethod
     def from_yaml(cls, source: str | Path) -> ClientPolicy:
         """Load from a YAML file path or YAML text."""
-        if isinstance(source, Path) or ("\n" not in source and Path(source).is_file()):
+        if isinstance(source, Path) or ("\n" not in source and ":" not in source):
             try:
                 text = Path(source).read_text()
             except OSError as exc:
