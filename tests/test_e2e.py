@@ -263,3 +263,59 @@ def test_canary_never_in_server_or_broker_logs(stack: LocalStack) -> None:
         assert answer not in logs
     metrics = httpx.get(stack.url + "/metrics").text
     assert CANARY not in metrics and "teellm_requests_total" in metrics
+
+
+# ---------------------------------------------------------------- local proxy
+
+
+def test_openai_through_the_proxy(stack: LocalStack, tmp_path: Path) -> None:
+    import yaml
+
+    from teellm.server.stack import free_port, spawn, teellm_command, wait_http
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(stack.client_policy().model_dump(mode="json")))
+    port = free_port()
+    args = ["proxy", "--url", stack.url, "--policy", str(policy_file), "--port", str(port)]
+    proxy = spawn("proxy", teellm_command(*args, "--api-key", stack.token("alpha")), tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/teellm/report", proxy, timeout=60)
+        client = openai.OpenAI(base_url=base + "/v1", api_key=stack.token("alpha"))
+        full = client.chat.completions.create(
+            model=MODEL, messages=_messages("Hi proxy"), temperature=0, max_tokens=8
+        )
+        stream = client.chat.completions.create(
+            model=MODEL, messages=_messages("Hi proxy"), temperature=0, max_tokens=8, stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert streamed == full.choices[0].message.content
+        # curl-style: no Authorization header, the proxy adds its configured token.
+        r = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": MODEL, "messages": _messages("Hi"), "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    finally:
+        proxy.stop()
+    assert CANARY not in proxy.log_text()
+
+
+def test_proxy_refuses_to_start_for_a_failing_server(stack: LocalStack, tmp_path: Path) -> None:
+    import subprocess
+
+    import yaml
+
+    from teellm.server.stack import free_port, teellm_command
+
+    policy = stack.client_policy(attestation=AppraisalPolicy())  # simulation not allowed
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy.model_dump(mode="json")))
+    before = _chat_requests(stack.url)
+    args = ["proxy", "--url", stack.url, "--policy", str(policy_file)]
+    done = subprocess.run(
+        teellm_command(*args, "--port", str(free_port())), capture_output=True, timeout=60
+    )
+    assert done.returncode == 1 and b"refusing to start" in done.stderr
+    assert _chat_requests(stack.url) == before
