@@ -296,3 +296,16 @@ def test_fuzz_mutated_responses(data: bytes, draw: st.DataObject) -> None:
     wire[pos] ^= draw.draw(st.integers(min_value=1, max_value=255))
     with pytest.raises(env.EnvelopeError):
         env.open_response(SecretBytes(bytes(32)), bytes(32), bytes(wire))
+
+
+def test_hpke_private_key_encodings() -> None:
+    seed = SecretBytes(bytes(range(96)))
+    a = HpkePrivateKey.from_private_bytes(Kem.MLKEM768_X25519, seed)
+    b = HpkePrivateKey.from_private_bytes(Kem.MLKEM768_X25519, SecretBytes(bytes(range(96))))
+    assert a.public_key == b.public_key  # deterministic from the seed
+    for kem, size in ((Kem.X25519, 31), (Kem.MLKEM768_X25519, 95), (Kem.X25519, 96)):
+        with pytest.raises(HpkeError):
+            HpkePrivateKey.from_private_bytes(kem, SecretBytes(bytes(size)))
+    with pytest.raises(HpkeError):
+        Kem.from_suite_id(9)
+    assert "bytes" not in repr(a) and "HpkePrivateKey(mlkem768-x25519" in repr(a)
