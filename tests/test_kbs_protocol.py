@@ -575,3 +575,21 @@ def test_invalid_json_and_huge_fields(lb: LocalBroker) -> None:
         lb.url + "/v1/challenge", json={"model_id": "x" * 10_000, "version": 1, "tee_type": "tdx"}
     )
     assert r.status_code == 400 and "x" * 100 not in r.text  # input is not echoed
+
+
+def test_oversized_bodies_refused(lb: LocalBroker) -> None:
+    big = b'{"request_id": "' + b"a" * (2 << 20) + b'"}'
+    r = httpx.post(lb.url + "/v1/attest", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no content-length: streamed, counted as it arrives
+        yield b'{"request_id": "'
+        for _ in range(40):
+            yield b"a" * 65536
+        yield b'"}'
+
+    r = httpx.post(
+        lb.url + "/v1/attest", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code in (400, 413)
+    assert httpx.get(lb.url + "/healthz").status_code == 200

@@ -66,6 +66,54 @@ def _error(status: int, exc: KbsError, headers: dict[str, str] | None = None) ->
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+MAX_BODY = 1 << 20  # evidence with TDX collateral is tens of KiB; nothing needs more
+
+
+class _BodyLimit:
+    """Refuse request bodies over ``MAX_BODY`` bytes, declared or streamed (413)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > MAX_BODY:
+            await _send_too_large(send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise ProtocolError("request body too large", code="body_too_large")
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except ProtocolError:
+            await _send_too_large(send)
+
+
+async def _send_too_large(send: Any) -> None:
+    body = b'{"error":{"code":"body_too_large","message":"request body too large"}}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -75,6 +123,7 @@ def create_app(broker: KeyBroker, *, admin_token_hashes: list[str] | None = None
     in ``admin_token_hashes`` or stored in the broker's database."""
     app = FastAPI(title="teellm key broker", docs_url=None, redoc_url=None, openapi_url=None)
     static_hashes = list(admin_token_hashes or [])
+    app.add_middleware(_BodyLimit)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
