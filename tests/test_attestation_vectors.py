@@ -416,3 +416,83 @@ def test_composite_rejects_spliced_gpu_report(vectors: Path) -> None:
     require = AppraisalPolicy(require_report_data=False, require_gpu=True)
     d = verify_and_appraise(cpu, require, expected_report_data=None, now=SNP_AT)
     assert not d.accepted and "gpu" in _failed(d)
+
+
+# ---- checks that signatures alone would not catch --------------------------------------
+
+
+def test_snp_vcek_tcb_and_chip_id_must_match_report(vectors: Path) -> None:
+    from teellm.attestation import AttestationError
+    from teellm.attestation.snp.abi import parse_report
+    from teellm.attestation.snp.verify import _check_tcb_extensions
+    from teellm.attestation.x509util import load_cert
+
+    raw = _read(vectors, "snp/milan_report2.bin")
+    leaf = load_cert(_read(vectors, "snp/milan_vcek2.der"))
+    _check_tcb_extensions(parse_report(raw), leaf, turin=False)  # genuine pair agrees
+    newer_snp = bytearray(raw)
+    newer_snp[0x186] += 1  # REPORTED_TCB.SNP
+    with pytest.raises(AttestationError) as exc:
+        _check_tcb_extensions(parse_report(bytes(newer_snp)), leaf, turin=False)
+    assert exc.value.code == "tcb_mismatch"
+    other_chip = bytearray(raw)
+    other_chip[0x1A0] ^= 1
+    with pytest.raises(AttestationError) as exc:
+        _check_tcb_extensions(parse_report(bytes(other_chip)), leaf, turin=False)
+    assert exc.value.code == "chip_id_mismatch"
+    masked = bytearray(other_chip)
+    masked[0x48] |= 0x02  # MASK_CHIP_ID: the report carries no chip id to compare
+    _check_tcb_extensions(parse_report(bytes(masked)), leaf, turin=False)
+
+
+def test_snp_tcb_layouts() -> None:
+    from teellm.attestation.snp.abi import TcbVersion
+
+    raw = int.from_bytes(bytes([1, 2, 3, 4, 5, 6, 7, 8]), "little")
+    assert TcbVersion(raw).components == {"bootloader": 1, "tee": 2, "snp": 7, "microcode": 8}
+    assert TcbVersion(raw, turin=True).components == {
+        "fmc": 1,
+        "bootloader": 2,
+        "tee": 3,
+        "snp": 4,
+        "microcode": 8,
+    }
+
+
+def test_tdx_and_sgx_debug_bits() -> None:
+    from teellm.attestation.tdx import _claims
+
+    td = {
+        "tee_tcb_svn": "00" * 16,
+        "mr_seam": "00",
+        "mr_signer_seam": "00",
+        "seam_attributes": "00",
+        "td_attributes": "0100000000000000",
+        "xfam": "00",
+        "mr_td": "aa",
+        "mr_config_id": "00",
+        "mr_owner": "00",
+        "mr_owner_config": "00",
+        "rt_mr0": "00",
+        "rt_mr1": "00",
+        "rt_mr2": "00",
+        "rt_mr3": "00",
+        "report_data": "00" * 64,
+    }
+    result = {"status": "UpToDate", "advisory_ids": [], "report": {"TD10": td}}
+    assert _claims(TeeType.TDX, result).debug
+    td["td_attributes"] = "0000001000000000"
+    assert not _claims(TeeType.TDX, result).debug
+    enclave = {
+        "cpu_svn": "00" * 16,
+        "attributes": "0700000000000000e700000000000000",
+        "mr_enclave": "aa",
+        "mr_signer": "bb",
+        "isv_prod_id": 0,
+        "isv_svn": 1,
+        "report_data": "00" * 64,
+    }
+    sgx = {"status": "UpToDate", "advisory_ids": [], "report": {"SgxEnclave": enclave}}
+    assert _claims(TeeType.SGX, sgx).debug
+    enclave["attributes"] = "0500000000000000e700000000000000"
+    assert not _claims(TeeType.SGX, sgx).debug
