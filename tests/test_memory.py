@@ -125,3 +125,11 @@ def test_harden_process_in_a_child() -> None:
     data = json.loads(out.stdout)
     assert data["dumpable"] == 0 and data["core"] == [0, 0]
     assert data["report"]["non_dumpable"] and data["report"]["core_limit_zero"]
+
+
+def test_report_merge_is_a_logical_and() -> None:
+    a = ProtectionReport(memfd_secret=True, mlock=True, dontdump=True, notes=["x"])
+    b = ProtectionReport(memfd_secret=False, mlock=True, dontdump=True, notes=["y"])
+    m = a.merged(b)
+    assert (m.memfd_secret, m.mlock, m.dontdump) == (False, True, True)
+    assert m.notes == ["x", "y"]
