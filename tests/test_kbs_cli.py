@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from teellm.attestation.runtime import SimulatedRuntime
 from teellm.cli import app
 from teellm.kbs.client import KeyBrokerClient
+from teellm.kbs.errors import KeyReleaseDenied
 from teellm.kbs.local import LocalBroker
 from teellm.kbs.masterkey import MasterKeyRing
 
@@ -133,16 +134,22 @@ def test_rotate_master_key(tmp_path: Path, env: dict[str, str]) -> None:
     assert code == 0 and "re-wrapped 1 keys" in out
     runtime = SimulatedRuntime()
     # Only the new master key opens the stored key now.
-    with LocalBroker(
-        env["TEELLM_KBS_DB"], master_keys=MasterKeyRing.from_file(tmp_path / "new.key")
-    ) as b, KeyBrokerClient(b.url) as c:
+    with (
+        LocalBroker(
+            env["TEELLM_KBS_DB"], master_keys=MasterKeyRing.from_file(tmp_path / "new.key")
+        ) as b,
+        KeyBrokerClient(b.url) as c,
+    ):
         assert c.fetch_key("m", 1, runtime).reveal().hex() == KEY_HEX
-    with LocalBroker(
-        env["TEELLM_KBS_DB"], master_keys=MasterKeyRing.from_file(tmp_path / "master.key")
-    ) as b, KeyBrokerClient(b.url, retries=0) as c:
-        with pytest.raises(Exception) as e:
+    with (
+        LocalBroker(
+            env["TEELLM_KBS_DB"], master_keys=MasterKeyRing.from_file(tmp_path / "master.key")
+        ) as b,
+        KeyBrokerClient(b.url, retries=0) as c,
+    ):
+        with pytest.raises(KeyReleaseDenied) as e:
             c.fetch_key("m", 1, runtime)
-        assert "master_key_unknown" in getattr(e.value, "codes", [])
+        assert "master_key_unknown" in e.value.codes
 
 
 def test_serve_process_releases_keys(tmp_path: Path, env: dict[str, str]) -> None:
