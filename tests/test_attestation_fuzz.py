@@ -139,3 +139,14 @@ def test_mutated_real_evidence_is_rejected_with_a_reason(vectors: Path, kind: st
             assert d.failures and not d.failures[0].reason.startswith("internal_error")
 
     run()
+
+
+@FUZZ
+@given(st.text(max_size=300), st.binary(max_size=300))
+def test_collateral_response_parsers(text: str, body: bytes) -> None:
+    from teellm.attestation import collateral
+
+    _typed(collateral._signed_part, text, "tcbInfo")
+    _typed(collateral._signed_part, '{"tcbInfo":' + text + "}", "tcbInfo")
+    _typed(collateral._der, body)
+    _typed(collateral._der, b"-----BEGIN X509 CRL-----\n" + body)

@@ -53,7 +53,7 @@ def _signed_part(body: str, key: str) -> tuple[str, str]:
     try:
         _value, end = json.JSONDecoder().raw_decode(body, match.end())
         signature = json.loads(body)["signature"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise _unavailable(f"{key} response malformed") from None
     if not isinstance(signature, str):
         raise _unavailable("signature is not a string")
