@@ -162,3 +162,20 @@ def test_cli_generate_sealed_bundle(bundle: dict[str, Path]) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["usage"]["prompt_tokens"] > 0
+
+
+def test_kv_cache_and_converted_weights_are_protected_and_wiped(model_dir: Path) -> None:
+    from teellm.memory import probe_buffer_protections
+
+    engine = Engine(
+        ModelSource.from_dir(model_dir), ModelSettings(precision="float32"), model_id="m"
+    )
+    converted = engine.model.layers[0].q.weight  # bf16 checkpoint -> float32 copy
+    cache = engine.model.k_cache[0]
+    with engine:
+        engine.generate(_req(max_tokens=4))
+        assert converted.abs().sum() > 0 and cache.abs().sum() > 0
+        assert engine.arena.protected
+        report = probe_buffer_protections()
+        assert report.mlock or report.memfd_secret
+    assert converted.abs().sum() == 0 and cache.abs().sum() == 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from teellm.engine.arena import TensorArena
 from teellm.engine.config import ModelConfig
 from teellm.engine.errors import InputTooLongError, InvalidModelError, InvalidRequestError
 from teellm.engine.model import Transformer
@@ -39,6 +40,7 @@ class EngineOptions:
     prefill_chunk: int = 512
     max_backlog: int = 64
     threads: int | None = None
+    protect_memory: bool = True
 
 
 class Engine:
@@ -64,7 +66,10 @@ class Engine:
             raise InvalidModelError("the model has no config.json")
         self.config = ModelConfig.from_json(raw_config, source.read_json("generation_config.json"))
         self.tokenizer = TextTokenizer.from_source(source)
-        self.model = Transformer(self.config, source.tensors, precision=settings.precision)
+        self.arena = TensorArena(protect=opts.protect_memory)
+        self.model = Transformer(
+            self.config, source.tensors, precision=settings.precision, arena=self.arena
+        )
         self.model_id = model_id
         self.settings = settings
         self.source = source
@@ -96,13 +101,19 @@ class Engine:
         return self
 
     def stop(self) -> None:
+        """Stop the scheduler; requests in flight fail with EngineStoppedError."""
         self.scheduler.stop()
+
+    def close(self) -> None:
+        """Stop, then zeroize the KV cache and converted weights (the engine is unusable)."""
+        self.stop()
+        self.arena.close()
 
     def __enter__(self) -> Engine:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
     @property
     def stats(self) -> SchedulerStats:

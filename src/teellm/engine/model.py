@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from teellm.engine.arena import TensorArena
 from teellm.engine.config import ModelConfig
 from teellm.engine.errors import InvalidModelError, UnsupportedModelError
 
@@ -43,12 +44,18 @@ class Linear:
 class Int8Linear(Linear):
     """Weight-only int8 (per output channel scale); activations stay bfloat16."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        w = weight.float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-        q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8).contiguous()
-        super().__init__(q, None if bias is None else bias.to(torch.bfloat16))
-        self.scale = scale.to(torch.bfloat16)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, arena: TensorArena) -> None:
+        q = arena.zeros(tuple(weight.shape), torch.int8)
+        scale = arena.zeros((weight.shape[0],), torch.bfloat16)
+        step = 256  # rows at a time: the float32 temporaries stay small and are wiped
+        for start in range(0, weight.shape[0], step):
+            w = weight[start : start + step].float()
+            s = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+            q[start : start + step] = torch.round(w / s[:, None]).clamp(-128, 127).to(torch.int8)
+            scale[start : start + step] = s
+            w.zero_()
+        super().__init__(q, None if bias is None else arena.copy_of(bias, torch.bfloat16))
+        self.scale = scale
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -142,14 +149,15 @@ class Transformer:
         tensors: Mapping[str, torch.Tensor],
         *,
         precision: str = "bfloat16",
+        arena: TensorArena | None = None,
     ) -> None:
         if precision not in ("float32", "bfloat16", "int8"):
             raise UnsupportedModelError(f"unsupported precision {precision!r}")
         self.cfg = cfg
         self.precision = precision
         self.dtype = DTYPES.get(precision, torch.bfloat16)
-        linear = Int8Linear if precision == "int8" else Linear
-        w = _Weights(tensors, self.dtype)
+        self.arena = arena or TensorArena(protect=False)
+        w = _Weights(tensors, self.dtype, self.arena)
         h, hd = cfg.hidden_size, cfg.head_dim
         q_out, kv_out, inter = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size
         self.embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, h))
@@ -164,7 +172,10 @@ class Transformer:
 
             def lin(name: str, shape: tuple[int, int], p: str = p) -> Linear:
                 bias = w.optional(f"{p}{name}.bias", (shape[0],))
-                return linear(w.get(f"{p}{name}.weight", shape), bias)
+                if precision == "int8":
+                    raw = w.raw(f"{p}{name}.weight", shape)
+                    return Int8Linear(raw, bias, self.arena)
+                return Linear(w.get(f"{p}{name}.weight", shape), bias)
 
             self.layers.append(
                 Layer(
@@ -199,8 +210,8 @@ class Transformer:
         """Preallocate the KV cache (zeros, so padded rows never read NaN)."""
         cfg = self.cfg
         shape = (slots, cfg.num_kv_heads, max_seq, cfg.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
+        self.k_cache = [self.arena.zeros(shape, self.dtype) for _ in self.layers]
+        self.v_cache = [self.arena.zeros(shape, self.dtype) for _ in self.layers]
         self.rope = rotary_tables(cfg, max_seq, self.dtype)
         self.max_seq = max_seq
         self._heads = torch.arange(cfg.num_kv_heads)[None, :, None]
@@ -286,24 +297,32 @@ class Transformer:
 
 
 class _Weights:
-    """Checked access to the checkpoint's tensors, converting only when the dtype differs."""
+    """Checked access to the checkpoint's tensors.
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+    A tensor already in the compute dtype is used as it is (zero-copy); a conversion is
+    written into the arena (protected memory), never into ordinary memory.
+    """
+
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype, arena: TensorArena
+    ) -> None:
         self.tensors = tensors
         self.dtype = dtype
+        self.arena = arena
 
-    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def raw(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         if name not in self.tensors:
             raise InvalidModelError(f"weight {name} is missing")
-        return self._check(name, self.tensors[name], shape)
-
-    def optional(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
-        t = self.tensors.get(name)
-        return None if t is None else self._check(name, t, shape)
-
-    def _check(self, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        t = self.tensors[name]
         if tuple(t.shape) != shape:
             raise InvalidModelError(f"weight {name} has shape {tuple(t.shape)}, expected {shape}")
         if not t.is_floating_point():
             raise InvalidModelError(f"weight {name} is not a floating-point tensor")
-        return t if t.dtype == self.dtype else t.to(self.dtype)
+        return t
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        t = self.raw(name, shape)
+        return t if t.dtype == self.dtype else self.arena.copy_of(t, self.dtype)
+
+    def optional(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        return self.get(name, shape) if name in self.tensors else None
