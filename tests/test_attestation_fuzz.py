@@ -150,3 +150,19 @@ def test_collateral_response_parsers(text: str, body: bytes) -> None:
     _typed(collateral._signed_part, '{"tcbInfo":' + text + "}", "tcbInfo")
     _typed(collateral._der, body)
     _typed(collateral._der, b"-----BEGIN X509 CRL-----\n" + body)
+
+
+def test_deeply_nested_json_is_a_typed_error() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    for data in (deep, b'{"tee_type":' + deep + b"}"):
+        _typed(read_evidence, data)
+        _typed(simulated.parse_body, data)
+    from teellm.attestation.runtime import SimulatedRuntime
+
+    sim = SimulatedRuntime().evidence(bytes(64))
+    d = verify_and_appraise(
+        Evidence(TeeType.SIMULATED, sim.raw, {**sim.aux, "gpu": deep}),
+        AppraisalPolicy(allow_simulated=True),
+        expected_report_data=bytes(64),
+    )
+    assert not d.accepted and "gpu_malformed" in d.failures[0].reason

@@ -120,7 +120,7 @@ class CollateralSource:
     def _fresh(self, blob: bytes, at: datetime) -> bool:
         try:
             return _next_update(json.loads(blob)) > at
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return False
 
     def _cached(self, key: str, at: datetime) -> bytes | None:

@@ -62,7 +62,7 @@ def read_evidence(data: bytes, tee: TeeType | None = None) -> Evidence:
     if stripped.startswith(b"{") and b'"tee_type"' in stripped:
         try:
             obj = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise AttestationError(
                 "evidence JSON is malformed", code="evidence_malformed"
             ) from None

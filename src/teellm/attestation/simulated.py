@@ -62,7 +62,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise AttestationError("simulated evidence too large", code="evidence_malformed")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AttestationError(
             "simulated evidence is not JSON", code="evidence_malformed"
         ) from None

@@ -75,7 +75,7 @@ def _attach_gpu(cpu: Claims, gpu_blob: bytes, now: datetime) -> Claims:
 
     try:
         gpu_evidence = Evidence.from_json(json.loads(gpu_blob))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise AttestationError("composite GPU evidence is not JSON", code="gpu_malformed") from None
     if gpu_evidence.tee_type is not TeeType.NVIDIA:
         raise AttestationError("composite GPU evidence is not NVIDIA", code="gpu_malformed")
