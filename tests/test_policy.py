@@ -179,3 +179,15 @@ def test_invalid_policy_is_typed_error(text: str) -> None:
     with pytest.raises(AttestationError) as exc:
         AppraisalPolicy.from_yaml(text)
     assert exc.value.code == "policy_invalid"
+
+
+def test_policy_source_edge_cases(tmp_path) -> None:
+    with pytest.raises(AttestationError):
+        AppraisalPolicy.from_yaml(tmp_path / "missing.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(AttestationError):
+        AppraisalPolicy.from_yaml(binary)
+    with pytest.raises(AttestationError):
+        AppraisalPolicy.from_yaml("x" * 5000)  # not a file name, not a mapping
+    assert AppraisalPolicy.from_yaml("{}") == AppraisalPolicy()

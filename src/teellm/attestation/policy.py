@@ -61,17 +61,16 @@ class AppraisalPolicy(BaseModel):
     @classmethod
     def from_yaml(cls, source: str | Path) -> AppraisalPolicy:
         """Load a policy from a YAML file path or YAML text."""
-        if isinstance(source, Path) or (
-            "\n" not in source and ":" not in source and Path(source).is_file()
-        ):
+        text = source if isinstance(source, str) else None
+        if isinstance(source, Path) or ("\n" not in source and ":" not in source):
             try:
                 text = Path(source).read_text()
-            except OSError as exc:
-                raise AttestationError(
-                    f"cannot read policy file ({exc.strerror})", code="policy_invalid"
-                ) from None
-        else:
-            text = source
+            except (OSError, UnicodeDecodeError) as exc:
+                if isinstance(source, Path):
+                    raise AttestationError(
+                        f"cannot read policy file ({type(exc).__name__})", code="policy_invalid"
+                    ) from None
+        assert text is not None
         try:
             data = yaml.safe_load(text) or {}
             return cls.model_validate(data)
