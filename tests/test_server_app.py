@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from teellm.attestation.policy import AppraisalPolicy
 from teellm.attestation.runtime import SimulatedRuntime
@@ -426,3 +428,44 @@ def test_no_prompt_or_output_in_logs_or_metrics(
             if len(out.strip()) >= 8:
                 assert out not in text
     assert "teellm_tokens" in metrics
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.fixed_dictionaries(
+        {"model": st.just(MODEL) | _json_values},
+        optional={
+            "messages": _json_values
+            | st.lists(
+                st.fixed_dictionaries({"role": st.just("user"), "content": _json_values}),
+                max_size=2,
+            ),
+            "max_tokens": _json_values | st.integers(1, 4),
+            "temperature": _json_values,
+            "stream": _json_values,
+            "stop": _json_values,
+        },
+    )
+)
+def test_fuzz_http_bodies_never_5xx(plain_srv: Srv, body: dict[str, Any]) -> None:
+    headers = {"Authorization": f"Bearer {plain_srv.tokens['alpha']}"}
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        r = httpx.post(plain_srv.url + path, json=body, headers=headers, timeout=60)
+        assert r.status_code < 500, r.text
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) >= {"message", "type", "code"}
