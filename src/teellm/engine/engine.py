@@ -41,6 +41,7 @@ class EngineOptions:
     max_backlog: int = 64
     threads: int | None = None
     protect_memory: bool = True
+    compile: bool = False
 
 
 class Engine:
@@ -70,6 +71,8 @@ class Engine:
         self.model = Transformer(
             self.config, source.tensors, precision=settings.precision, arena=self.arena
         )
+        if opts.compile:
+            self.model.compile()
         self.model_id = model_id
         self.settings = settings
         self.source = source
@@ -130,10 +133,14 @@ class Engine:
                 req.messages, add_generation_prompt=req.add_generation_prompt
             )
             ids = self.tokenizer.encode(text, add_special_tokens=False)
+        elif req.prompt_token_ids is not None:
+            ids = list(req.prompt_token_ids)
+            if any(not 0 <= i < self.config.vocab_size for i in ids):
+                raise InvalidRequestError("prompt_token_ids has an id outside the vocabulary")
         elif req.prompt is not None:
             ids = self.tokenizer.encode(normalize_text(req.prompt), add_special_tokens=True)
         else:
-            raise InvalidRequestError("a request needs a prompt or messages")
+            raise InvalidRequestError("a request needs a prompt, messages or prompt_token_ids")
         if not ids:
             raise InvalidRequestError("the prompt is empty")
         if len(ids) > self.max_input_length:

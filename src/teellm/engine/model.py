@@ -222,9 +222,18 @@ class Transformer:
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
+    def compile(self) -> None:
+        """Use torch.compile (inductor) for the forward pass; shapes are dynamic."""
+        self._compiled = torch.compile(self._forward, dynamic=True)
+
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Run the batch, update the cache, return float32 logits ``[B, vocab]``."""
+        """Run the batch, update the cache, return float32 logits (``[B, vocab]``, or
+        ``[B, T, vocab]`` when ``batch.last`` is None)."""
+        compiled = getattr(self, "_compiled", None)
+        return compiled(batch) if compiled is not None else self._forward(batch)
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
         cfg = self.cfg
         bsz, seqlen = batch.tokens.shape
         x = F.embedding(batch.tokens, self.embed)

@@ -42,6 +42,8 @@ class GenerationRequest(BaseModel):
     tenant: str = "default"
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
+    # Already tokenised prompt (benchmarks, clients that tokenise themselves).
+    prompt_token_ids: list[int] | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     add_generation_prompt: bool = True
 
