@@ -298,3 +298,21 @@ def test_typed_errors_are_teellm_errors(env: Env) -> None:
     assert issubclass(BundleError, TeellmError)
     m = read_manifest(env.v1.bundle_dir)
     assert m.digest() == env.v1.manifest.digest()
+
+
+def test_special_files_are_refused_not_waited_on(env: Env, bundle: Path) -> None:
+    import os
+
+    target = data_path(bundle, "config.json")
+    target.unlink()
+    os.mkfifo(target)  # opening a FIFO for reading would block forever
+    _expect(env, bundle, "bundle_malformed")
+    (bundle / "manifest.sig").unlink()
+    os.mkfifo(bundle / "manifest.sig")
+    _expect(env, bundle, "bundle_malformed")
+
+
+def test_zeroized_key_is_refused(env: Env, bundle: Path) -> None:
+    key = generate_content_key()
+    key.zeroize()
+    _expect(env, bundle, "wrong_content_key", content_key=key)

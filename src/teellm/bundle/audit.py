@@ -17,7 +17,7 @@ from teellm.bundle.errors import (
     FileMissingError,
     FileTruncatedError,
 )
-from teellm.bundle.manifest import Manifest, data_path
+from teellm.bundle.manifest import Manifest, data_path, open_regular
 
 
 def check_ciphertext(
@@ -67,7 +67,7 @@ def open_data(bundle_dir: Path, manifest: Manifest) -> dict[str, int]:
         for entry in manifest.files:
             path = data_path(bundle_dir, entry.name)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = open_regular(path)
             except FileNotFoundError:
                 raise FileMissingError(f"{entry.name}: encrypted file is missing") from None
             except OSError as exc:

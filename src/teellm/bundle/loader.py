@@ -120,6 +120,8 @@ def check_trust(
 
 
 def check_key(manifest: Manifest, content_key: SecretBytes) -> None:
+    if content_key.wiped:
+        raise WrongContentKeyError("the content key was already zeroized")
     if len(content_key) != 32 or not constant_time.bytes_eq(
         stream.key_commitment(content_key.reveal()), bytes.fromhex(manifest.key_commitment)
     ):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -227,14 +229,25 @@ def sign_manifest(body: dict[str, Any], signing_key: Ed25519PrivateKey) -> Manif
     return manifest
 
 
+def open_regular(path: Path) -> int:
+    """Open a bundle file for reading; only regular files (a FIFO would block forever,
+    a device would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleFormatError(f"{path.name} is not a regular file")
+    return fd
+
+
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        fd = open_regular(path)
     except FileNotFoundError:
         raise FileMissingError(f"bundle has no {what}") from None
     except OSError as exc:
         raise BundleFormatError(f"cannot read {what}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
     if len(data) > limit:
         raise BundleFormatError(f"{what} is too large")
     return data
