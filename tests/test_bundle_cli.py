@@ -200,3 +200,25 @@ def test_no_progress_output_when_not_a_tty(published: dict[str, Path], tmp_path:
         str(root / "publisher.pub"),
     )
     assert code == 0 and out.count("\n") == 1 and "\r" not in out
+
+
+def test_seal_refuses_to_overwrite_a_content_key(
+    published: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "k").write_text("keep me")
+    code, out = _run(
+        "seal",
+        str(published["model"]),
+        "--model-id",
+        "m",
+        "--version",
+        "1",
+        "--signing-key",
+        str(published["root"] / "publisher.key"),
+        "--out",
+        str(tmp_path / "b"),
+        "--key-out",
+        str(tmp_path / "k"),
+    )
+    assert code == 1 and "exists" in out
+    assert (tmp_path / "k").read_text() == "keep me" and not (tmp_path / "b").exists()

@@ -111,6 +111,9 @@ def seal(
     from teellm.bundle.keys import content_key_hex, load_signing_key, write_content_key
     from teellm.bundle.seal import model_files, seal_model
 
+    if key_out is not None and key_out.exists():
+        typer.echo(f"error: {key_out} exists; refusing to overwrite a content key", err=True)
+        raise typer.Exit(1)
     try:
         key = load_signing_key(signing_key)
         total = sum(p.stat().st_size for p in model_files(model_dir))
