@@ -167,6 +167,7 @@ class Store:
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._closed = False
         with self._tx(write=True) as tx:
             if self.dialect == "postgresql":
@@ -217,14 +218,17 @@ class Store:
         conn = self._conn()
         try:
             if self.dialect == "sqlite":
-                # IMMEDIATE takes the write lock up front: no lock-upgrade deadlocks.
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield _Tx(conn, False)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+                # Writers of this process queue on a Python lock: SQLite's own busy
+                # handler sleeps up to 100 ms per retry, which ruins tail latency.
+                # IMMEDIATE takes the file's write lock up front (other processes).
+                with self._write_lock if write else contextlib.nullcontext():
+                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    try:
+                        yield _Tx(conn, False)
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
             else:
                 with conn.transaction():
                     yield _Tx(conn, True)
