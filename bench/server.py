@@ -150,6 +150,52 @@ async def _run_level(
     }
 
 
+def _server_envelope_work(events: int, iterations: int) -> dict[str, float]:
+    """CPU ms per request of the server's own E2E work, measured in isolation:
+    open the sealed request, seal every SSE event and the FINAL frame, sign the
+    receipt; against plain mode's work (hash the events, sign the receipt).
+    Independent of engine batching and of other load, unlike wall-clock figures."""
+    import hashlib
+
+    from teellm.server.identity import ServerIdentity
+
+    ident = ServerIdentity.generate()
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x" * 60}], "stream": True}
+    ).encode()
+    event = b"data: " + json.dumps({"choices": [{"delta": {"content": "word "}}]}).encode() * 2
+    wires = [
+        envelope.seal_request(
+            body, path=PATH, public_key=ident.hpke.public_key, server_key_id=ident.key_id
+        ).wire
+        for _ in range(iterations)
+    ]
+    digest = bytes(32)
+
+    def receipt(h: bytes) -> None:
+        receipts.sign_receipt(
+            ident.signing, request_hash=envelope.sha256(body), response_hash=h, model_digest=digest
+        ).to_bytes()
+
+    t0 = time.process_time()
+    for wire in wires:
+        opened = envelope.open_request(wire, ident.hpke, server_key_id=ident.key_id)
+        sealer = opened.sealer(envelope.ResponseContent.EVENT_STREAM)
+        for _ in range(events):
+            sealer.seal(event)
+        receipt(sealer.response_hash)
+        sealer.finish(b"r" * 300)
+    e2e = (time.process_time() - t0) / iterations * 1e3
+    t0 = time.process_time()
+    for _ in range(iterations):
+        h = hashlib.sha256()
+        for _ in range(events):
+            h.update(event)
+        receipt(h.digest())
+    plain = (time.process_time() - t0) / iterations * 1e3
+    return {"events": events, "e2e_ms": e2e, "plain_ms": plain, "added_ms": e2e - plain}
+
+
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of each figure over the rounds."""
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -186,6 +232,9 @@ async def _bench(stack: LocalStack, *, quick: bool) -> dict[str, Any]:
             - p["server_cpu_ms_per_req"],
             "server_cpu_e2e_over_plain": e["server_cpu_ms_per_req"] / p["server_cpu_ms_per_req"],
         }
+    work = _server_envelope_work(max_tokens + 3, 50 if quick else 400)
+    plain_cpu = results["c1"]["plain"]["server_cpu_ms_per_req"]
+    work["share_of_plain_request_cpu_c1"] = work["added_ms"] / plain_cpu if plain_cpu else 0.0
     return {
         "bench": "server",
         "quick": quick,
@@ -194,6 +243,7 @@ async def _bench(stack: LocalStack, *, quick: bool) -> dict[str, Any]:
         "rounds": rounds,
         "results": results,
         "ratios": ratios,
+        "server_envelope_work": work,
     }
 
 
@@ -217,6 +267,12 @@ def _print(report: dict[str, Any]) -> None:
             f"{r['server_cpu_ms_per_req_added_by_e2e']:+.3f} ms server CPU per request "
             f"(x{r['server_cpu_e2e_over_plain']:.3f})"
         )
+    w = report["server_envelope_work"]
+    print(
+        f"server E2E work per request ({w['events']} events), in isolation: "
+        f"{w['e2e_ms']:.3f} ms vs plain {w['plain_ms']:.3f} ms, adds {w['added_ms']:.3f} ms "
+        f"= {w['share_of_plain_request_cpu_c1'] * 100:.1f}% of a plain request's server CPU (c1)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
