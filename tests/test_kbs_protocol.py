@@ -593,3 +593,47 @@ def test_oversized_bodies_refused(lb: LocalBroker) -> None:
     )
     assert r.status_code in (400, 413)
     assert httpx.get(lb.url + "/healthz").status_code == 200
+
+
+def test_two_brokers_share_postgresql(
+    request: pytest.FixtureRequest, runtime: SimulatedRuntime
+) -> None:
+    """Several brokers on one PostgreSQL database: one audit chain, each nonce used once."""
+    db_url = request.getfixturevalue("pg_url")
+    ring_hex = "6b" * 32
+    ring = lambda: MasterKeyRing([SecretBytes(bytes.fromhex(ring_hex))])  # noqa: E731
+    with (
+        LocalBroker(db_url, master_keys=ring(), max_failures=1000) as a,
+        LocalBroker(db_url, master_keys=ring(), max_failures=1000) as b,
+    ):
+        _setup(a)
+        clients = [KeyBrokerClient(a.url), KeyBrokerClient(b.url)]
+        with ThreadPoolExecutor(50) as pool:
+            keys = list(
+                pool.map(lambda i: clients[i % 2].fetch_key("llama", 2, runtime), range(50))
+            )
+        assert all(bytes(k.reveal()) == KEY for k in keys)
+        # One challenge from broker a, the same attest body raced at both brokers.
+        m_a, m_b = _Manual(a.url), _Manual(b.url)
+        ch = m_a.challenge()
+        pair = EphemeralKeyPair.generate()
+        ev = runtime.evidence(
+            expected_report_data(bytes.fromhex(ch["nonce"]), pair.public_bytes, b"")
+        )
+        barrier = threading.Barrier(20)
+
+        def race(i: int) -> int:
+            barrier.wait()
+            return (
+                (m_a if i % 2 else m_b).attest(ch["request_id"], ev, pair.public_bytes).status_code
+            )
+
+        with ThreadPoolExecutor(20) as pool:
+            codes = list(pool.map(race, range(20)))
+        assert codes.count(200) == 1 and codes.count(403) == 19
+        report = a.store.verify_audit()
+        assert report.ok, report.problems
+        releases = [r for r in a.store.audit_records() if r.event == "release"]
+        assert len(releases) == 51 and len({r.request_id for r in releases}) == 51
+        for c in clients:
+            c.close()
