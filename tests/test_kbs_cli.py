@@ -169,6 +169,8 @@ def test_serve_process_releases_keys(tmp_path: Path, env: dict[str, str]) -> Non
             str(port),
             "--master-key-file",
             str(tmp_path / "master.key"),
+            "--admin-socket",
+            str(tmp_path / "admin.sock"),
         ],
         env={**os.environ, **env, "TEELLM_KBS_ADMIN_TOKEN": token},
         stdout=subprocess.PIPE,
@@ -189,6 +191,14 @@ def test_serve_process_releases_keys(tmp_path: Path, env: dict[str, str]) -> Non
             assert c.fetch_key("m", 1, SimulatedRuntime()).reveal().hex() == KEY_HEX
         r = httpx.get(url + "/v1/admin/audit/verify", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["ok"] is True
+        assert httpx.get(url + "/v1/admin/keys").status_code == 401  # TCP: token required
+        # The local admin socket: only this user may connect (0600), no token needed.
+        sock = tmp_path / "admin.sock"
+        assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o600
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as local:
+            keys = local.get("http://kbs/v1/admin/keys")
+            assert keys.status_code == 200 and keys.json()[0]["model_id"] == "m"
+            assert KEY_HEX not in keys.text
     finally:
         proc.terminate()
         out = proc.communicate(timeout=10)[0].decode()

@@ -118,9 +118,15 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def create_app(broker: KeyBroker, *, admin_token_hashes: list[str] | None = None) -> FastAPI:
+def create_app(
+    broker: KeyBroker,
+    *,
+    admin_token_hashes: list[str] | None = None,
+    local_admin: bool = False,
+) -> FastAPI:
     """The HTTP app for ``broker``. Admin calls need a bearer token whose hash is listed
-    in ``admin_token_hashes`` or stored in the broker's database."""
+    in ``admin_token_hashes`` or stored in the broker's database; with ``local_admin``
+    (an app served only on a 0600 unix socket) the socket's permissions are the check."""
     app = FastAPI(title="teellm key broker", docs_url=None, redoc_url=None, openapi_url=None)
     static_hashes = list(admin_token_hashes or [])
     app.add_middleware(_BodyLimit)
@@ -148,6 +154,8 @@ def create_app(broker: KeyBroker, *, admin_token_hashes: list[str] | None = None
         return _error(503 if exc.code.startswith("store") else 500, exc)
 
     def require_admin(request: Request) -> str:
+        if local_admin:
+            return "admin@local-socket"
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         hashes = list(static_hashes)

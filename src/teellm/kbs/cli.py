@@ -89,6 +89,9 @@ def serve(
     collateral: list[str] = typer.Option(
         [], help="Offline verification collateral, TYPE=FILE (e.g. tdx=collateral.json)."
     ),
+    admin_socket: Path | None = typer.Option(
+        None, help="Also serve the admin API, without token, on this unix socket (mode 0600)."
+    ),
 ) -> None:
     """Run the key broker HTTP service."""
     import uvicorn
@@ -121,10 +124,20 @@ def serve(
         from teellm.kbs.admin import hash_token
 
         hashes.append(hash_token(env_token))
+    local = None
+    if admin_socket is not None:
+        from teellm.kbs.server import ServerThread, unix_socket
+
+        local = ServerThread(create_app(broker, local_admin=True), sock=unix_socket(admin_socket))
+        local.start()
+        typer.echo(f"admin API on unix socket {admin_socket}", err=True)
     typer.echo(f"key broker listening on http://{host}:{port} ({broker.store!r})", err=True)
     uvicorn.run(
         create_app(broker, admin_token_hashes=hashes), host=host, port=port, log_level="warning"
     )
+    if local is not None and admin_socket is not None:
+        local.stop()
+        admin_socket.unlink(missing_ok=True)
 
 
 @kbs_app.command("admin-token")

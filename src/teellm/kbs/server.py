@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
 import uvicorn
@@ -17,13 +19,24 @@ class ServerThread:
     Binds before starting, so ``url`` is usable as soon as ``start()`` returns.
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only then,
-        # and without it every response waits ~40 ms for a delayed ACK.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
+        if sock is None:
+            # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only
+            # then, and without it every response waits ~40 ms for a delayed ACK.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        self._sock = sock
+        name = sock.getsockname()
+        self.host: str = str(name[0]) if isinstance(name, tuple) else str(name)
+        self.port: int = int(name[1]) if isinstance(name, tuple) else 0
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -32,6 +45,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
+        """``http://host:port`` (for a unix socket, the host part is the socket path)."""
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> ServerThread:
@@ -58,3 +72,17 @@ class ServerThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def unix_socket(path: str | Path) -> socket.socket:
+    """A listening-ready unix socket at ``path`` that only this user may connect to (0600)."""
+    p = Path(path)
+    if p.is_socket():
+        p.unlink()  # a stale socket from a previous run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600 from the start, no window with wider rights
+    try:
+        sock.bind(str(p))
+    finally:
+        os.umask(old)
+    return sock
