@@ -133,3 +133,17 @@ def test_report_merge_is_a_logical_and() -> None:
     m = a.merged(b)
     assert (m.memfd_secret, m.mlock, m.dontdump) == (False, True, True)
     assert m.notes == ["x", "y"]
+
+
+def test_lazy_locking_reports_only_after_finish() -> None:
+    with ProtectedBuffer(64 * 1024, prefer_secret=False, lock_lazily=True) as buf:
+        assert not buf.protections.mlock
+        ok = buf.lock_range(4096 + 10, 100)
+        buf.view[4096 + 10 : 4096 + 110] = b"x" * 100
+        buf.finish_lock()
+        report = buf.protections
+        assert report.mlock == ("lo" in _vma_flags(buf.address))
+        if ok:
+            assert report.mlock
+        else:
+            assert any("mlock" in n for n in report.notes)

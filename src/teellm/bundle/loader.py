@@ -165,9 +165,12 @@ def load_bundle(
         for entry in manifest.files:
             layout[entry.name] = total
             total += -(-entry.size // ALIGN) * ALIGN
-        buffer = ProtectedBuffer(total, prefer_secret=prefer_secret)
+        buffer = ProtectedBuffer(total, prefer_secret=prefer_secret, lock_lazily=True)
         mem = buffer.view
-        _decrypt_all(manifest, content_key, fds, mem, layout, verify_plaintext, progress, workers)
+        _decrypt_all(
+            manifest, content_key, fds, buffer, layout, verify_plaintext, progress, workers
+        )
+        buffer.finish_lock()
         files = {
             e.name: mem[layout[e.name] : layout[e.name] + e.size].toreadonly()
             for e in manifest.files
@@ -195,13 +198,14 @@ def _decrypt_all(
     manifest: Manifest,
     content_key: SecretBytes,
     fds: dict[str, int],
-    mem: memoryview,
+    buffer: ProtectedBuffer,
     layout: dict[str, int],
     verify_plaintext: bool,
     progress: Progress | None,
     workers: int | None,
 ) -> None:
     cs = manifest.chunk_size
+    mem = buffer.view
     key = content_key.reveal()
     aead = AESGCM(key)
     binding = manifest.binding_digest()
@@ -221,7 +225,10 @@ def _decrypt_all(
         if pread_exact(fds[e.name], ct, stored_at) != len(ct):
             raise FileTruncatedError(f"{e.name}: file shrank while loading")
         ct_digest = hashlib.sha256(ct).digest()
-        dest = mem[layout[e.name] + job.offset : layout[e.name] + job.offset + job.length]
+        at = layout[e.name] + job.offset
+        dest = mem[at : at + job.length]
+        # Lock before the plaintext lands; each worker populates its own pages.
+        buffer.lock_range(at, job.length)
         nonce = stream.chunk_nonce(prefixes[e.name], job.index, job.index == job.chunks - 1)
         try:
             aead.decrypt_into(nonce, ct, stream.chunk_aad(binding, e.name, job.index), dest)

@@ -42,9 +42,14 @@ class ProtectedBuffer:
     the mapping alive, and after ``close()`` they read zeros instead of crashing the
     process (the secret pages are replaced by an empty read-only mapping, which is
     unmapped once nothing refers to it any more).
+
+    ``lock_lazily=True`` (anonymous memory only) defers ``mlock``: the writer calls
+    :meth:`lock_range` on each region *before* writing plaintext there (so parallel
+    writers populate pages in parallel instead of one thread populating all of it
+    up front) and :meth:`finish_lock` at the end, which sets ``mlock`` in the report.
     """
 
-    def __init__(self, size: int, *, prefer_secret: bool = True) -> None:
+    def __init__(self, size: int, *, prefer_secret: bool = True, lock_lazily: bool = False) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
         lib = _libc.libc
@@ -55,6 +60,7 @@ class ProtectedBuffer:
         self._mapped = max(page, -(-size // page) * page)
         self._closed = False
         self._addr = 0
+        self._lock_pending = False
         notes: list[str] = []
         report = ProtectionReport()
 
@@ -92,7 +98,9 @@ class ProtectedBuffer:
                 report.dontdump = True
             else:
                 notes.append(f"MADV_DONTDUMP failed: {_libc.errno_text()}")
-            if lib.mlock(self._addr, self._mapped) == 0:
+            if lock_lazily:
+                self._lock_pending = True
+            elif lib.mlock(self._addr, self._mapped) == 0:
                 report.mlock = True
             else:
                 notes.append(f"mlock failed ({_libc.errno_text()}); pages may be swapped")
@@ -111,6 +119,29 @@ class ProtectedBuffer:
         # holds us, so __del__ (the real munmap) runs only when no view is left.
         array._owner = self  # type: ignore[attr-defined]
         self._view = memoryview(array).cast("B")
+
+    def lock_range(self, offset: int, length: int) -> bool:
+        """Lock the pages under ``[offset, offset+length)`` before plaintext goes there."""
+        if not self._lock_pending or length <= 0:
+            return True
+        lib = _libc.libc
+        assert lib is not None
+        page = _libc.page_size()
+        start = offset // page * page
+        end = min(self._mapped, -(-(offset + length) // page) * page)
+        return bool(lib.mlock(self._addr + start, end - start) == 0)
+
+    def finish_lock(self) -> None:
+        """Lock the whole buffer (cheap for pages already locked) and record the result."""
+        if not self._lock_pending:
+            return
+        self._lock_pending = False
+        lib = _libc.libc
+        assert lib is not None
+        if lib.mlock(self._addr, self._mapped) == 0:
+            self._report.mlock = True
+        else:
+            self._report.notes.append(f"mlock failed ({_libc.errno_text()}); pages may be swapped")
 
     @property
     def view(self) -> memoryview:
