@@ -319,3 +319,17 @@ def test_proxy_refuses_to_start_for_a_failing_server(stack: LocalStack, tmp_path
     )
     assert done.returncode == 1 and b"refusing to start" in done.stderr
     assert _chat_requests(stack.url) == before
+
+
+def test_document_reports_memory_protection(stack: LocalStack) -> None:
+    doc = httpx.get(stack.url + "/v1/attestation").json()
+    assert doc["simulated"] is True and doc["plain_mode"] is False
+    protection = doc["memory_protection"]
+    assert {"memfd_secret", "mlock", "dontdump"} <= set(protection)
+    held = [name for name in ("memfd_secret", "mlock", "dontdump") if protection[name] is True]
+    assert held, protection  # the weights sit in protected memory of some kind
+    policy = stack.client_policy(require_memory_protection=held)
+    with teellm.Client(stack.url, policy, api_key=stack.token("alpha")) as c:
+        assert c.report is not None and c.report.accepted
+    config = doc["build"]["serving_config"]
+    assert config["e2e_required"] is True and config["tee"] == "simulated"
