@@ -110,3 +110,66 @@ def test_database_outage_is_a_typed_503_and_the_client_gives_up(tmp_path: Path) 
                     c.fetch_key("m", 1, runtime)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"request_id": 1},
+        {
+            "request_id": "r",
+            "nonce": "zz",
+            "expires_at": "",
+            "suite": "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM",
+        },
+        {
+            "request_id": "r",
+            "nonce": "00" * 8,
+            "expires_at": "",
+            "suite": "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM",
+        },
+        {
+            "request_id": "r",
+            "nonce": "00" * 32,
+            "expires_at": "",
+            "suite": "X25519/HKDF-SHA256/AES-256-GCM",
+        },
+        {
+            "request_id": "r",
+            "nonce": "00" * 32,
+            "expires_at": "",
+            "suite": "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM",
+        },
+        [1, 2],
+    ],
+)
+def test_hostile_broker_answers_are_typed_errors(answer: object) -> None:
+    """The client treats the broker's answers as input: a lying broker gets typed errors."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from teellm.kbs.server import ServerThread
+
+    app = FastAPI()
+
+    @app.post("/v1/challenge")
+    def challenge() -> JSONResponse:
+        return JSONResponse(answer)
+
+    @app.post("/v1/attest")
+    def attest() -> JSONResponse:  # a well-formed answer whose sealed key is garbage
+        return JSONResponse(
+            {
+                "sealed_key": "00" * 100,
+                "suite": "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM",
+                "model_id": "m",
+                "version": 1,
+            }
+        )
+
+    with (
+        ServerThread(app) as srv,
+        KeyBrokerClient(srv.url, retries=0) as c,
+        pytest.raises(TeellmError),
+    ):
+        c.fetch_key("m", 1, SimulatedRuntime())

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from teellm.attestation.types import TEERuntime
 from teellm.crypto.secret import SecretBytes, zeroize
@@ -97,6 +98,15 @@ class KeyBrokerClient:
         raise BrokerUnavailable(f"key broker unreachable after {self.retries + 1} attempts: {last}")
 
     def _exchange(
+        self, model_id: str, version: int, runtime: TEERuntime, manifest_digest: bytes
+    ) -> SecretBytes:
+        try:
+            return self._exchange_unchecked(model_id, version, runtime, manifest_digest)
+        except ValidationError:
+            # The broker's answers are input too: a malformed one is a typed error.
+            raise ProtocolError("broker answer does not match the protocol") from None
+
+    def _exchange_unchecked(
         self, model_id: str, version: int, runtime: TEERuntime, manifest_digest: bytes
     ) -> SecretBytes:
         ch = ChallengeResponse.model_validate(
