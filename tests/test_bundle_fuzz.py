@@ -217,3 +217,26 @@ def test_fuzz_fixture_bundle_is_valid() -> None:
     load_bundle(
         _ROOT / "bundle", content_key=_SEALED.content_key, trusted_publishers=[_SK.public_key()]
     ).close()
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(
+    st.lists(st.binary(max_size=3 * 4096 + 7), min_size=1, max_size=3),
+    st.sampled_from([4096, 8192]),
+)
+def test_seal_load_round_trip_property(contents: list[bytes], chunk: int) -> None:
+    root = Path(tempfile.mkdtemp(dir=_ROOT))
+    src = root / "m"
+    src.mkdir()
+    for i, data in enumerate(contents):
+        (src / f"f{i}.bin").write_bytes(data)
+    res = seal_model(src, root / "b", model_id="p", version=1, signing_key=_SK, chunk_size=chunk)
+    with load_bundle(
+        root / "b",
+        content_key=res.content_key,
+        trusted_publishers=[_SK.public_key()],
+        verify_plaintext=True,
+    ) as loaded:
+        for i, data in enumerate(contents):
+            assert bytes(loaded.files[f"f{i}.bin"]) == data
+    shutil.rmtree(root)

@@ -87,7 +87,11 @@ def _expect(env: Env, bundle: Path, code: str, **kw: object) -> BundleError:
     with pytest.raises(BundleError) as info:
         _load(env, bundle, **kw)
     assert info.value.code == code, (info.value.code, str(info.value))
-    assert str(info.value)
+    text = f"{info.value} {info.value!r}"
+    assert text.strip()
+    # Nothing secret in an error: no key, no plaintext.
+    assert env.v1.content_key.bytes().hex() not in text
+    assert env.v1.content_key.bytes() not in text.encode(errors="replace")
     return info.value
 
 
