@@ -497,6 +497,12 @@ class Store:
             out.append(AuditRecord(**data))
         return out
 
+    def audit_last_seq(self) -> int:
+        """The highest audit sequence number (0 when empty)."""
+        with self._tx() as tx:
+            row = tx.execute("SELECT MAX(seq) FROM audit").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
     def verify_audit(self) -> AuditReport:
         """Walk the whole chain and compare it with the stored head."""
         with self._tx() as tx:
