@@ -79,19 +79,21 @@ def reference(
     return model, out
 
 
-def _teellm_model(path: Path, precision: str) -> Transformer:
+def _teellm_model(path: Path, precision: str, *, pack: bool = False) -> Transformer:
     cfg = ModelConfig.from_json((path / "config.json").read_bytes())
-    model = Transformer(cfg, load_file(str(path / "model.safetensors")), precision=precision)
+    tensors = load_file(str(path / "model.safetensors"))
+    model = Transformer(cfg, tensors, precision=precision, pack_weights=pack)
     model.allocate_cache(1, 64)
     return model
 
 
-def test_float32_logits_match(reference: tuple[torch.nn.Module, Path]) -> None:
+@pytest.mark.parametrize("pack", [False, True], ids=["plain", "packed"])
+def test_float32_logits_match(reference: tuple[torch.nn.Module, Path], pack: bool) -> None:
     hf, path = reference
     ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(ids).logits[0].float()
-    got = _teellm_model(path, "float32").forward_all(ids[0])
+    got = _teellm_model(path, "float32", pack=pack).forward_all(ids[0])
     assert (got - expected).abs().max().item() < 1e-4
 
 

@@ -10,7 +10,12 @@ import torch
 
 from teellm.engine.arena import TensorArena
 from teellm.engine.config import ModelConfig
-from teellm.engine.errors import InputTooLongError, InvalidModelError, InvalidRequestError
+from teellm.engine.errors import (
+    EngineStoppedError,
+    InputTooLongError,
+    InvalidModelError,
+    InvalidRequestError,
+)
 from teellm.engine.model import Transformer
 from teellm.engine.sampling import TokenSampler
 from teellm.engine.scheduler import Scheduler, SchedulerStats, Sequence
@@ -42,6 +47,7 @@ class EngineOptions:
     threads: int | None = None
     protect_memory: bool = True
     compile: bool = False
+    pack_weights: bool = False
 
 
 class Engine:
@@ -69,10 +75,15 @@ class Engine:
         self.tokenizer = TextTokenizer.from_source(source)
         self.arena = TensorArena(protect=opts.protect_memory)
         self.model = Transformer(
-            self.config, source.tensors, precision=settings.precision, arena=self.arena
+            self.config,
+            source.tensors,
+            precision=settings.precision,
+            arena=self.arena,
+            pack_weights=opts.pack_weights,
         )
         if opts.compile:
             self.model.compile()
+        self._closed = False
         self.model_id = model_id
         self.settings = settings
         self.source = source
@@ -100,17 +111,20 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> Engine:
+        """Start the scheduler thread (an engine cannot start again once stopped)."""
+        if self._closed:
+            raise EngineStoppedError("this engine was stopped; create a new one")
         self.scheduler.start()
         return self
 
     def stop(self) -> None:
-        """Stop the scheduler; requests in flight fail with EngineStoppedError."""
+        """Stop the scheduler, fail requests in flight with EngineStoppedError, then
+        zeroize the KV cache and converted weights. Idempotent; final."""
+        self._closed = True
         self.scheduler.stop()
-
-    def close(self) -> None:
-        """Stop, then zeroize the KV cache and converted weights (the engine is unusable)."""
-        self.stop()
         self.arena.close()
+
+    close = stop
 
     def __enter__(self) -> Engine:
         return self.start()

@@ -68,6 +68,39 @@ class Int8Linear(Linear):
         return self.weight.numel() + self.scale.numel() * 2
 
 
+class PackedLinear(Linear):
+    """Weights reordered once into oneDNN's blocked layout (about twice as fast on CPU).
+
+    Several weights sharing an input (q/k/v, gate/up) are fused into one matrix. The
+    packed copy lives in memory oneDNN allocates, outside the protected arena: an
+    opt-in trade of defence in depth for speed (EngineOptions.pack_weights).
+    """
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> None:
+        fused = torch.cat(weights) if len(weights) > 1 else weights[0]
+        self.sizes = [w.shape[0] for w in weights]
+        packed = torch.ops.mkldnn._reorder_linear_weight(fused, 1)
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat(
+                [
+                    b if b is not None else fused.new_zeros(n)
+                    for b, n in zip(biases, self.sizes, strict=True)
+                ]
+            )
+        self._bytes = fused.numel() * fused.element_size()
+        if len(weights) > 1:
+            fused.zero_()  # the temporary plaintext copy
+        super().__init__(packed, bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
     h = x.float()
@@ -118,6 +151,9 @@ class Layer:
     mlp_norm: torch.Tensor
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
+    # Fused projections (packed weights): q|k|v and gate|up in one matrix each.
+    qkv: PackedLinear | None = None
+    gate_up: PackedLinear | None = None
 
 
 @dataclass
@@ -150,6 +186,7 @@ class Transformer:
         *,
         precision: str = "bfloat16",
         arena: TensorArena | None = None,
+        pack_weights: bool = False,
     ) -> None:
         if precision not in ("float32", "bfloat16", "int8"):
             raise UnsupportedModelError(f"unsupported precision {precision!r}")
@@ -177,21 +214,26 @@ class Transformer:
                     return Int8Linear(raw, bias, self.arena)
                 return Linear(w.get(f"{p}{name}.weight", shape), bias)
 
-            self.layers.append(
-                Layer(
-                    q=lin("self_attn.q_proj", (q_out, h)),
-                    k=lin("self_attn.k_proj", (kv_out, h)),
-                    v=lin("self_attn.v_proj", (kv_out, h)),
-                    o=lin("self_attn.o_proj", (h, q_out)),
-                    gate=lin("mlp.gate_proj", (inter, h)),
-                    up=lin("mlp.up_proj", (inter, h)),
-                    down=lin("mlp.down_proj", (h, inter)),
-                    attn_norm=w.get(f"{p}input_layernorm.weight", (h,)),
-                    mlp_norm=w.get(f"{p}post_attention_layernorm.weight", (h,)),
-                    q_norm=w.get(f"{p}self_attn.q_norm.weight", (hd,)) if cfg.qk_norm else None,
-                    k_norm=w.get(f"{p}self_attn.k_norm.weight", (hd,)) if cfg.qk_norm else None,
-                )
+            layer = Layer(
+                q=lin("self_attn.q_proj", (q_out, h)),
+                k=lin("self_attn.k_proj", (kv_out, h)),
+                v=lin("self_attn.v_proj", (kv_out, h)),
+                o=lin("self_attn.o_proj", (h, q_out)),
+                gate=lin("mlp.gate_proj", (inter, h)),
+                up=lin("mlp.up_proj", (inter, h)),
+                down=lin("mlp.down_proj", (h, inter)),
+                attn_norm=w.get(f"{p}input_layernorm.weight", (h,)),
+                mlp_norm=w.get(f"{p}post_attention_layernorm.weight", (h,)),
+                q_norm=w.get(f"{p}self_attn.q_norm.weight", (hd,)) if cfg.qk_norm else None,
+                k_norm=w.get(f"{p}self_attn.k_norm.weight", (hd,)) if cfg.qk_norm else None,
             )
+            if pack_weights and precision != "int8":
+                layer.qkv = _pack([layer.q, layer.k, layer.v])
+                layer.gate_up = _pack([layer.gate, layer.up])
+                layer.o = _pack([layer.o])
+                layer.down = _pack([layer.down])
+            self.layers.append(layer)
+        self.packed = pack_weights and precision != "int8"
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.rope = torch.empty(0)
@@ -202,8 +244,11 @@ class Transformer:
         """Bytes of weights one decode step reads (embedding rows excluded)."""
         total = self.lm_head.nbytes
         for layer in self.layers:
-            for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
-                total += lin.nbytes
+            if layer.qkv is not None and layer.gate_up is not None:
+                parts = [layer.qkv, layer.gate_up, layer.o, layer.down]
+            else:
+                parts = [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down]
+            total += sum(lin.nbytes for lin in parts)
         return total
 
     def allocate_cache(self, slots: int, max_seq: int) -> None:
@@ -248,9 +293,13 @@ class Transformer:
         }
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-            q = layer.q(h).view(bsz, seqlen, nh, hd)
-            k = layer.k(h).view(bsz, seqlen, nkv, hd)
-            v = layer.v(h).view(bsz, seqlen, nkv, hd).transpose(1, 2)
+            if layer.qkv is not None:
+                q, k, v = layer.qkv(h).split(layer.qkv.sizes, dim=-1)
+            else:
+                q, k, v = layer.q(h), layer.k(h), layer.v(h)
+            q = q.view(bsz, seqlen, nh, hd)
+            k = k.view(bsz, seqlen, nkv, hd)
+            v = v.view(bsz, seqlen, nkv, hd).transpose(1, 2)
             if layer.q_norm is not None and layer.k_norm is not None:
                 q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
                 k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
@@ -278,7 +327,11 @@ class Transformer:
             attn = attn.view(bsz, nh, seqlen, hd)
             x = x + layer.o(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
             h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-            x = x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
+            if layer.gate_up is not None:
+                gate, up = layer.gate_up(h).split(layer.gate_up.sizes, dim=-1)
+            else:
+                gate, up = layer.gate(h), layer.up(h)
+            x = x + layer.down(F.silu(gate) * up)
         if batch.last is not None:
             x = x[torch.arange(bsz), batch.last]
         return self.lm_head(rms_norm(x, self.norm, cfg.rms_norm_eps)).float()
@@ -303,6 +356,10 @@ class Transformer:
             last=None,
         )
         return self.forward(batch)[0]
+
+
+def _pack(parts: list[Linear]) -> PackedLinear:
+    return PackedLinear([p.weight for p in parts], [p.bias for p in parts])
 
 
 class _Weights:

@@ -32,7 +32,7 @@ import torch
 from teellm.engine.errors import EngineError, EngineStoppedError
 from teellm.engine.model import Batch, Transformer
 from teellm.engine.sampling import TokenSampler
-from teellm.engine.sinks import Sink
+from teellm.engine.sinks import Item, Sink, push_many
 from teellm.engine.types import Delta, FinishReason, Usage
 from teellm.pipeline.detokenize import IncrementalDetokenizer
 from teellm.pipeline.stops import StopMatcher
@@ -119,6 +119,7 @@ class Scheduler:
         self._order = itertools.count()
         self._running = False
         self._thread: threading.Thread | None = None
+        self._outbox: list[tuple[Sink, Item]] = []
 
     # -- control (any thread) -------------------------------------------------
     def start(self) -> None:
@@ -135,6 +136,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._flush()
         for seq in [*self._active, *self._waiting, *self._inbox]:
             if not seq.done:
                 seq.done = True
@@ -179,6 +181,8 @@ class Scheduler:
                 log.exception("scheduler step failed; failing the running requests")
                 self._fail_active()
                 worked = True
+            finally:
+                self._flush()
             if not worked:  # every sequence waits on a slow reader
                 with self._cond:
                     self._cond.wait(timeout=0.005)
@@ -207,6 +211,14 @@ class Scheduler:
             self.stats.steps += 1
             self.stats.max_batch = max(self.stats.max_batch, len(self._active))
         return worked
+
+    def _emit(self, seq: Sequence, item: Item) -> None:
+        self._outbox.append((seq.sink, item))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            items, self._outbox = self._outbox, []
+            push_many(items)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.cancelled and not s.done]:
@@ -318,7 +330,7 @@ class Scheduler:
         elif seq.generated >= seq.max_new or len(seq.tokens) >= self.max_seq:
             self._finish(seq, "length", token_ids=[token], text=text, logprobs=logprobs)
         else:
-            seq.sink.push(Delta(text=text, token_ids=[token], logprobs=logprobs))
+            self._emit(seq, Delta(text=text, token_ids=[token], logprobs=logprobs))
 
     def _finish(
         self,
@@ -334,14 +346,15 @@ class Scheduler:
             text += seq.stops.flush()
         seq.done = True
         self.stats.finished += 1
-        seq.sink.push(
+        self._emit(
+            seq,
             Delta(
                 text=text,
                 token_ids=list(token_ids),
                 finish_reason=reason,
                 usage=seq.usage(),
                 logprobs=logprobs,
-            )
+            ),
         )
 
     def _release_finished(self) -> None:
@@ -363,5 +376,5 @@ class Scheduler:
         for seq in list(self._active):
             if not seq.done:
                 seq.done = True
-                seq.sink.push(EngineError("generation failed inside the engine"))
+                self._emit(seq, EngineError("generation failed inside the engine"))
             self._remove(seq)

@@ -44,20 +44,41 @@ class AsyncSink(Sink):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
-        self._loop = loop
+        self.loop = loop
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
 
     def push(self, item: Item) -> None:
-        self._pushed()
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the reader's loop is closed: nobody will read
-            self.closed = True
+        push_many([(self, item)])
+
+    def _deliver(self, item: Item) -> None:
+        self._queue.put_nowait(item)
 
     async def get(self) -> Item:
         item = await self._queue.get()
         self._taken()
         return item
+
+
+def _deliver_all(items: list[tuple[AsyncSink, Item]]) -> None:
+    for sink, item in items:
+        sink._deliver(item)
+
+
+def push_many(items: list[tuple[Sink, Item]]) -> None:
+    """Push many items; async sinks get one wake-up per event loop, not one per item."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[AsyncSink, Item]]] = {}
+    for sink, item in items:
+        if isinstance(sink, AsyncSink):
+            sink._pushed()
+            by_loop.setdefault(sink.loop, []).append((sink, item))
+        else:
+            sink.push(item)
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver_all, batch)
+        except RuntimeError:  # the reader's loop is closed: nobody will read
+            for sink, _ in batch:
+                sink.closed = True
 
 
 class ThreadSink(Sink):
