@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -178,3 +179,71 @@ def test_no_plaintext_weight_byte_reaches_disk(tmp_path: Path) -> None:
     assert scanned
     leaks = [str(p) for p in scanned if _has(p, canary)]
     assert leaks == []
+
+
+_LIMITED_LOAD = """
+import json, sys, hashlib
+from teellm.bundle.keys import load_public_key, read_content_key
+from teellm.bundle.loader import load_bundle
+with load_bundle(sys.argv[1], content_key=read_content_key(sys.argv[2]),
+                 trusted_publishers=[load_public_key(sys.argv[3])]) as b:
+    digest = hashlib.sha256()
+    for name in sorted(b.tensors):
+        digest.update(b.tensors[name].contiguous().view(-1).view(torch_u8).numpy().tobytes())
+    print(json.dumps({"protection": b.protection.model_dump(), "digest": digest.hexdigest()}))
+""".replace("torch_u8", "__import__('torch').uint8")
+
+
+def test_load_works_and_reports_exactly_under_a_memlock_limit(sealed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK at 64 KiB, memfd_secret and mlock are
+    refused by the kernel: the load must still succeed and say so."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    from teellm.bundle.keys import write_content_key
+
+    res, sk, model = sealed
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "p.pub").write_bytes(
+        sk.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    write_content_key(tmp_path / "c.key", res.content_key)
+    cmd = [
+        sys.executable,
+        "-c",
+        _LIMITED_LOAD,
+        str(res.bundle_dir),
+        str(tmp_path / "c.key"),
+        str(tmp_path / "p.pub"),
+    ]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is needed to drop CAP_IPC_LOCK as root")
+        cmd = ["setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", *cmd]
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, 64 * 1024))
+
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    report = data["protection"]
+    assert report["memfd_secret"] is False and report["mlock"] is False
+    assert report["dontdump"] is True
+    assert any("mlock failed" in n for n in report["notes"])
+    assert any("memfd_secret" in n for n in report["notes"])
+    from safetensors.torch import load_file
+
+    ref = {}
+    for f in sorted(model.glob("*.safetensors")):
+        ref.update(load_file(f))
+    digest = hashlib.sha256()
+    for name in sorted(ref):
+        digest.update(ref[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    assert data["digest"] == digest.hexdigest()
