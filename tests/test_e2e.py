@@ -256,7 +256,7 @@ def test_canary_never_in_server_or_broker_logs(stack: LocalStack) -> None:
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=_messages(CANARY * 500), max_tokens=8)
     answer = out.choices[0].message.content or ""
-    logs = "".join(Path(p.log_path).read_text(errors="replace") for p in stack.procs)
+    logs = stack.logs()
     assert "SIMULATED TEE" in logs  # the logs were captured
     assert CANARY not in logs
     if len(answer.strip()) >= 8:
@@ -333,3 +333,33 @@ def test_document_reports_memory_protection(stack: LocalStack) -> None:
         assert c.report is not None and c.report.accepted
     config = doc["build"]["serving_config"]
     assert config["e2e_required"] is True and config["tee"] == "simulated"
+
+
+# ---------------------------------------------------------------- server restart (new keys)
+
+
+def test_client_reverifies_after_server_restart(stack: LocalStack) -> None:
+    """Runs last: the restarted server has new identity keys (same port, same model)."""
+    client = teellm.openai_client(stack.url, stack.client_policy(), api_key=stack.token("alpha"))
+    session = session_of(client)
+    old_key = session.pinned.key_id  # type: ignore[union-attr]
+    first = client.chat.completions.create(
+        model=MODEL, messages=_messages("Same question"), temperature=0, max_tokens=8
+    )
+    assert stack.restart_server() in (0, -15)
+    new_doc = httpx.get(stack.url + "/v1/attestation").json()
+    assert new_doc["public_keys"]["key_id"] != old_key.hex()
+    # The old pinned key is refused by the new server; the client re-verifies and resends.
+    again = client.chat.completions.create(
+        model=MODEL, messages=_messages("Same question"), temperature=0, max_tokens=8
+    )
+    assert (
+        session.pinned is not None
+        and session.pinned.key_id.hex() == new_doc["public_keys"]["key_id"]
+    )
+    assert again.choices[0].message.content == first.choices[0].message.content
+    metrics = httpx.get(stack.url + "/metrics").text
+    refused = re.search(
+        r'teellm_requests_total\{endpoint="chat",mode="-",status="400"\} (\S+)', metrics
+    )
+    assert refused is not None and float(refused.group(1)) == 1.0  # the stale-key attempt

@@ -147,6 +147,7 @@ class LocalStack:
         self.manifest: Any = None
         self.kbs_url = ""
         self.url = ""
+        self._server_args: list[str] = []
 
     # ------------------------------------------------------------ paths
 
@@ -264,11 +265,25 @@ class LocalStack:
         ]  # fmt: skip
         if self.plain:
             args.append("--plain")
-        server = spawn("server", teellm_command(*args, *self.server_args), self.root)
-        self.procs.append(server)
+        self._server_args = [*args, *self.server_args]
         self.url = f"http://127.0.0.1:{port}"
-        wait_http(self.url + "/readyz", server, timeout=timeout)
+        self._start_server(timeout)
         return self
+
+    def _start_server(self, timeout: float) -> None:
+        server = spawn("server", teellm_command(*self._server_args), self.root)
+        self.procs.append(server)
+        wait_http(self.url + "/readyz", server, timeout=timeout)
+
+    def restart_server(self, *, timeout: float = 90.0) -> int | None:
+        """Stop the server and start a new one on the same port (fresh identity keys,
+        key released again); the old process's exit status."""
+        old = next(p for p in self.procs if p.name == "server")
+        status = old.stop()
+        self.procs.remove(old)
+        old.log_path.rename(old.log_path.with_suffix(f".{old.popen.pid}.log"))
+        self._start_server(timeout)
+        return status
 
     def stop(self) -> dict[str, int | None]:
         """Stop every process (server first); their exit statuses by name."""
@@ -307,5 +322,6 @@ class LocalStack:
         fields.update(overrides)
         return ClientPolicy(**fields)
 
-    def server_log(self) -> str:
-        return "".join(p.log_text() for p in self.procs if p.name == "server")
+    def logs(self) -> str:
+        """Every log this stack's processes wrote, restarted servers included."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("*.log")))
