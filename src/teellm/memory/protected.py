@@ -10,6 +10,7 @@ loading still works and the report says exactly what holds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from types import TracebackType
@@ -193,14 +194,17 @@ class ProtectedBuffer:
             return
 
     def __del__(self) -> None:
-        lib = _libc.libc
-        if lib is None or not getattr(self, "_addr", 0):
-            return
-        try:
-            self.close()
-        finally:
-            lib.munmap(self._addr, self._mapped)
-            self._addr = 0
+        # Runs only once no view refers to the memory (see __init__), so unmapping is
+        # safe; at interpreter shutdown module globals may be gone: nothing to report.
+        with contextlib.suppress(Exception):
+            lib = _libc.libc
+            if lib is None or not getattr(self, "_addr", 0):
+                return
+            try:
+                self.close()
+            finally:
+                lib.munmap(self._addr, self._mapped)
+                self._addr = 0
 
     def __enter__(self) -> ProtectedBuffer:
         return self
