@@ -203,3 +203,22 @@ def test_serve_process_releases_keys(tmp_path: Path, env: dict[str, str]) -> Non
         proc.terminate()
         out = proc.communicate(timeout=10)[0].decode()
     assert KEY_HEX not in out
+
+
+def test_admin_token_command_stores_only_a_hash(tmp_path: Path, env: dict[str, str]) -> None:
+    _setup(tmp_path, env)
+    code, out = run(["admin-token"], env)
+    token = out.strip()
+    assert code == 0 and token.startswith("kbs_") and len(token) > 40
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("kbs.db*"))
+    assert token.encode() not in raw
+    with LocalBroker(env["TEELLM_KBS_DB"]) as b:
+        ok = httpx.get(b.url + "/v1/admin/keys", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.json()[0]["model_id"] == "m"
+        bad = httpx.get(b.url + "/v1/admin/keys", headers={"Authorization": f"Bearer {token}x"})
+        assert bad.status_code == 401
+    # A new token replaces the old one.
+    assert run(["admin-token"], env)[0] == 0
+    with LocalBroker(env["TEELLM_KBS_DB"]) as b:
+        old = httpx.get(b.url + "/v1/admin/keys", headers={"Authorization": f"Bearer {token}"})
+        assert old.status_code == 401
