@@ -403,7 +403,7 @@ class KeyBroker:
             version=ch.version,
         )
 
-    # -- helpers -------------------------------------------------------------------------
+    # -- internals -----------------------------------------------------------------------
 
     def _precheck(
         self, model_id: str, version: int, tee_type: str
