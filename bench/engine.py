@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, few tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
+    parser.add_argument(
+        "--variants",
+        default="default,packed,int8",
+        help="teellm variants: default (zero-copy bf16), packed (oneDNN weights), int8",
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-generate-batch", action="store_true")
     args = parser.parse_args(argv)
@@ -196,19 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(3, dims["vocab"], (8, prompt_len), generator=gen).tolist()
 
-    def make_engine(compile_: bool) -> Any:
-        settings = ModelSettings(batch_size=8, precision="bfloat16", max_input_length=256)
-        options = EngineOptions(max_seq_len=prompt_len + new_tokens + 8, compile=compile_)
+    def make_engine(variant: str, compile_: bool = False) -> Any:
+        precision = "int8" if variant == "int8" else "bfloat16"
+        settings = ModelSettings(batch_size=8, precision=precision, max_input_length=256)
+        options = EngineOptions(
+            max_seq_len=prompt_len + new_tokens + 8,
+            compile=compile_,
+            pack_weights=variant == "packed",
+        )
         engine = Engine(source, settings, model_id="bench", options=options).start()
         run_teellm(engine, prompts[:2], 4)  # warm-up
         return engine
 
-    engine = make_engine(False)
+    variants = [v for v in args.variants.split(",") if v]
+    engines = {v: make_engine(v) for v in variants}
     bandwidth = copy_bandwidth()
-    weight_bytes = engine.model.weight_bytes_per_token
+    weight_bytes = {v: e.model.weight_bytes_per_token for v, e in engines.items()}
+    first = engines[variants[0]]
     results: dict[str, Any] = {
         "model": {
-            "parameters": parameter_count(engine.config),
+            "parameters": parameter_count(first.config),
             "dims": dims,
             "dtype": "bfloat16",
             "prompt_tokens": prompt_len,
@@ -221,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     run_generate(hf, prompts[:1], 2)  # warm-up
     for n in concurrency:
         batch = prompts[:n]
-        ours, theirs = [], []
-        for _ in range(repeats):  # interleaved: the machine's load hits both alike
-            ours.append(run_teellm(engine, batch, new_tokens))
-            theirs.append(run_generate(hf, batch, new_tokens))
-        figures[f"teellm_{n}"] = best(ours).as_dict()
-        figures[f"generate_{n}"] = best(theirs).as_dict()
-    engine.close()
+        runs: dict[str, list[Run]] = {}
+        for _ in range(repeats):  # interleaved: the machine's load hits all alike
+            for v, engine in engines.items():
+                runs.setdefault(f"teellm_{n}" if v == "default" else f"teellm_{v}_{n}", []).append(
+                    run_teellm(engine, batch, new_tokens)
+                )
+            runs.setdefault(f"generate_{n}", []).append(run_generate(hf, batch, new_tokens))
+        figures.update({name: best(r).as_dict() for name, r in runs.items()})
+    for engine in engines.values():
+        engine.close()
     if args.no_generate_batch:
         results["generate_batch"] = "skipped"
     else:
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             figures["generate_batch_8"] = gb.as_dict()
     if args.compile:
         try:
-            compiled = make_engine(True)
+            compiled = make_engine("default", compile_=True)
             for n in concurrency:
                 runs = [run_teellm(compiled, prompts[:n], new_tokens) for _ in range(repeats)]
                 figures[f"teellm_compiled_{n}"] = best(runs).as_dict()
@@ -252,21 +267,30 @@ def main(argv: list[str] | None = None) -> int:
             return None
         return round(figures[a][key] / max(figures[b][key], 1e-9), 2)
 
-    roofline = bandwidth / weight_bytes
     results["roofline"] = {
         "copy_bandwidth_GBps": round(bandwidth / 1e9, 2),
-        "weight_bytes_per_token": weight_bytes,
-        "roofline_tokens_per_s": round(roofline, 2),
-        "teellm_1_fraction": round(figures["teellm_1"]["decode_tokens_per_s"] / roofline, 3),
     }
-    results["ratios"] = {
-        "decode_vs_generate_1": ratio("teellm_1", "generate_1"),
-        "decode_vs_generate_8": ratio("teellm_8", "generate_8"),
-        "decode_vs_generate_batch_8": ratio("teellm_8", "generate_batch_8"),
-        "e2e_vs_generate_batch_8": ratio("teellm_8", "generate_batch_8", "e2e_tokens_per_s"),
-        "ttft_generate_1_over_teellm_1": ratio("generate_1", "teellm_1", "ttft_s"),
-        "ttft_generate_8_over_teellm_8": ratio("generate_8", "teellm_8", "ttft_s"),
-    }
+    for v in variants:
+        name = "teellm_1" if v == "default" else f"teellm_{v}_1"
+        roofline = bandwidth / weight_bytes[v]
+        results["roofline"][v] = {
+            "weight_bytes_per_token": weight_bytes[v],
+            "roofline_tokens_per_s": round(roofline, 2),
+            "fraction_single_decode": round(figures[name]["decode_tokens_per_s"] / roofline, 3),
+        }
+    ratios = {}
+    for v in variants:
+        tag = "" if v == "default" else f"{v}_"
+        for n in concurrency:
+            ratios[f"{tag}decode_vs_generate_{n}"] = ratio(f"teellm_{tag}{n}", f"generate_{n}")
+            ratios[f"{tag}ttft_generate_over_teellm_{n}"] = ratio(
+                f"generate_{n}", f"teellm_{tag}{n}", "ttft_s"
+            )
+        ratios[f"{tag}decode_vs_generate_batch_8"] = ratio(f"teellm_{tag}8", "generate_batch_8")
+        ratios[f"{tag}e2e_vs_generate_batch_8"] = ratio(
+            f"teellm_{tag}8", "generate_batch_8", "e2e_tokens_per_s"
+        )
+    results["ratios"] = ratios
     if args.json:
         print(json.dumps(results))
         return 0
@@ -285,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         if key in results:
             print(f"{key}: {results[key]}")
     r = results["roofline"]
-    print(
-        f"roofline: {r['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token, copy "
-        f"bandwidth {r['copy_bandwidth_GBps']} GB/s -> {r['roofline_tokens_per_s']} tok/s; "
-        f"teellm single-request decode at {100 * r['teellm_1_fraction']:.0f}% of it"
-    )
+    for v in variants:
+        rv = r[v]
+        print(
+            f"roofline ({v}): {rv['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token, "
+            f"copy bandwidth {r['copy_bandwidth_GBps']} GB/s -> {rv['roofline_tokens_per_s']} "
+            f"tok/s; single-request decode at {100 * rv['fraction_single_decode']:.0f}% of it"
+        )
     for name, value in results["ratios"].items():
         print(f"{name}: {value}x" if value is not None else f"{name}: n/a")
     return 0
