@@ -22,4 +22,8 @@ def test_engine_bench_quick_json() -> None:
     assert set(data["ratios"]) >= {"decode_vs_generate_1", "decode_vs_generate_8"}
     for name in ("teellm_1", "teellm_8", "generate_1", "generate_8"):
         assert data["figures"][name]["decode_tokens_per_s"] > 0
-    assert data["roofline"]["weight_bytes_per_token"] > 0
+    assert data["roofline"]["default"]["weight_bytes_per_token"] > 0
+    assert (
+        data["roofline"]["int8"]["weight_bytes_per_token"]
+        < data["roofline"]["default"]["weight_bytes_per_token"]
+    )
