@@ -580,8 +580,38 @@ def _json_bytes(obj: dict[str, Any]) -> bytes:
 
 __all__ = [
     "EngineLike",
+    "StartingApp",
     "ServerContext",
     "ServerLimits",
     "create_app",
     "error_body",
 ]
+
+
+class StartingApp:
+    """The ASGI app while the server boots, then the real one.
+
+    HTTP is up from the first second so that orchestrators see the process alive:
+    ``/healthz`` answers 200, ``/readyz`` and every API route 503 until
+    :meth:`ready` installs the booted app. The boot itself (key release, bundle
+    load, warm-up) runs beside it.
+    """
+
+    def __init__(self) -> None:
+        self.app: FastAPI | None = None
+
+    def ready(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/healthz":
+            status, body = 200, {"status": "starting"}
+        else:
+            status, body = 503, error_body("server is starting", status=503, code="not_ready")
+        response = JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
+        await response(scope, receive, send)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -39,13 +40,16 @@ def serve(
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the confidential OpenAI-compatible server."""
+    import threading
+
     import uvicorn
 
+    from teellm.attestation.runtime import select
     from teellm.crypto.hpke import Kem
     from teellm.errors import TeellmError
     from teellm.server.access import AccessPolicy
-    from teellm.server.app import create_app
-    from teellm.server.boot import BootOptions, boot
+    from teellm.server.app import StartingApp, create_app
+    from teellm.server.boot import BootedServer, BootOptions, boot
     from teellm.settings import ModelSettings
 
     logging.basicConfig(
@@ -69,25 +73,51 @@ def serve(
             max_body_bytes=max_body_bytes,
             min_version=min_version,
         )
-        booted = boot(opts)
+        runtime = select(tee)  # refuse at once outside a TEE, before listening
     except (TeellmError, ValueError, OSError) as exc:
-        code = getattr(exc, "code", type(exc).__name__)
-        typer.echo(f"teellm serve: refused to start ({code}): {exc}", err=True)
-        raise typer.Exit(2) from None
-    app = create_app(booted.context)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=5,
+        _refuse(exc)
+    # Listen from the start (/healthz 200, /readyz 503) while the model loads beside it.
+    starting = StartingApp()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            starting,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
     )
-    server = uvicorn.Server(config)
+    outcome: dict[str, BootedServer | BaseException] = {}
+
+    def run_boot() -> None:
+        try:
+            booted = boot(opts, runtime=runtime)
+        except Exception as exc:
+            outcome["error"] = exc
+            server.should_exit = True
+            return
+        outcome["booted"] = booted
+        starting.ready(create_app(booted.context))
+
+    booter = threading.Thread(target=run_boot, name="boot", daemon=True)
+    booter.start()
     try:
         server.run()
     finally:
-        booted.close()
+        booted = outcome.get("booted")
+        if isinstance(booted, BootedServer):
+            booted.close()
+    error = outcome.get("error")
+    if isinstance(error, BaseException):
+        _refuse(error)
+
+
+def _refuse(exc: BaseException) -> NoReturn:
+    code = getattr(exc, "code", type(exc).__name__)
+    typer.echo(f"teellm serve: refused to start ({code}): {exc}", err=True)
+    raise typer.Exit(2)
 
 
 tenant_app = typer.Typer(help="Manage the access policy file of a server.", no_args_is_help=True)
