@@ -469,3 +469,30 @@ def test_fuzz_http_bodies_never_5xx(plain_srv: Srv, body: dict[str, Any]) -> Non
         assert r.status_code < 500, r.text
         if r.status_code >= 400:
             assert set(r.json()["error"]) >= {"message", "type", "code"}
+
+
+def test_client_hang_up_mid_stream(plain_srv: Srv) -> None:
+    """A client that hangs up mid-stream leaves nothing in flight; the server keeps serving."""
+    import time
+
+    headers = {"Authorization": f"Bearer {plain_srv.tokens['alpha']}"}
+    body = _chat("tell me a long story", stream=True, max_tokens=64)
+    with httpx.stream(
+        "POST", plain_srv.url + "/v1/chat/completions", json=body, headers=headers
+    ) as r:
+        assert r.status_code == 200
+        next(r.iter_raw())  # the first event, then hang up
+
+    def in_flight() -> float:
+        text = httpx.get(plain_srv.url + "/metrics").text
+        line = next(ln for ln in text.splitlines() if ln.startswith("teellm_requests_in_flight "))
+        return float(line.split()[1])
+
+    deadline = time.monotonic() + 20
+    while in_flight() != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_flight() == 0
+    finished = plain_srv.ctx.engine.stats.finished  # type: ignore[attr-defined]
+    r = httpx.post(plain_srv.url + "/v1/chat/completions", json=_chat(), headers=headers)
+    assert r.status_code == 200
+    assert plain_srv.ctx.engine.stats.finished == finished + 1  # type: ignore[attr-defined]
