@@ -71,7 +71,13 @@ def _tenants() -> tuple[AccessPolicy, dict[str, str]]:
     tok_c, h_c = new_token()
     policy = AccessPolicy(
         tenants=[
-            Tenant(name="alpha", token_hashes=[h_a], models=[MODEL], max_tokens=64),
+            Tenant(
+                name="alpha",
+                token_hashes=[h_a],
+                models=[MODEL],
+                max_tokens=64,
+                requests_per_minute=100_000,
+            ),
             Tenant(name="beta", token_hashes=[h_b], models=["other-model"]),
             Tenant(
                 name="gamma",

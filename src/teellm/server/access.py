@@ -74,7 +74,7 @@ class Tenant(BaseModel):
         return "*" in self.models or model_id in self.models
 
 
-class _RateLimiter:
+class RateLimiter:
     """Per-tenant token bucket: ``rpm`` requests per minute, bursts up to ``rpm``."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -108,7 +108,7 @@ class AccessPolicy(BaseModel):
     tenants: list[Tenant] = Field(default_factory=list)
 
     def model_post_init(self, __context: Any) -> None:
-        self._limiter = _RateLimiter(time.monotonic)
+        self._limiter = RateLimiter(time.monotonic)
         names = [t.name for t in self.tenants]
         if len(set(names)) != len(names):
             raise ValueError("tenant names must be unique")
@@ -139,7 +139,7 @@ class AccessPolicy(BaseModel):
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         """Use another monotonic clock for rate limiting (tests)."""
-        self._limiter = _RateLimiter(clock)
+        self._limiter = RateLimiter(clock)
 
     def authenticate(self, token: str | None) -> Tenant:
         """The tenant owning ``token``; 401 when missing or unknown."""

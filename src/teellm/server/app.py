@@ -1,9 +1,10 @@
 """The FastAPI app: attestation document, OpenAI API, E2E envelope, access control.
 
-Request path: size-limited body -> API token (401) -> rate (429) -> open the
-envelope (or plain mode, only when enabled) -> strict parse (400) -> model (404)
--> tenant limits (403) -> engine. Every response is sealed to the response key
-from the request and carries a receipt signed with the attested signing key.
+Request path: ready (503) -> API token (401) -> rate (429) -> size-limited body
+(413) -> open the envelope (or plain mode, only when enabled) (400) -> strict
+parse (400) -> model (404) -> tenant limits (403) -> input length (400/403) ->
+engine. Every answer is sealed to the response key from the request and carries
+a receipt signed with the attested signing key.
 
 Nothing here logs or labels request content: errors carry fixed messages, and
 the only log lines are event names with sizes and codes.
@@ -29,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from teellm.crypto import envelope, receipts
 from teellm.errors import TeellmError
-from teellm.server.access import AccessPolicy, Tenant, _RateLimiter
+from teellm.server.access import AccessPolicy, RateLimiter, Tenant
 from teellm.server.errors import ApiError, error_body, from_teellm_error
 from teellm.server.identity import ServerIdentity
 from teellm.server.metrics import ServerMetrics
@@ -150,7 +151,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     """The ASGI app serving ``ctx``."""
     app = FastAPI(title="teellm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
-    attest_limiter = _RateLimiter(time.monotonic)
+    attest_limiter = RateLimiter(time.monotonic)
     metrics = ctx.metrics
 
     @app.exception_handler(ApiError)
@@ -484,7 +485,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
             return _error(exc)
         except TeellmError as exc:
             api = from_teellm_error(exc)
-            metrics.requests.labels(endpoint=call_endpoint, status=str(api.status), mode="-").inc()
+            mode = call.mode if call is not None else "-"
+            metrics.requests.labels(endpoint=call_endpoint, status=str(api.status), mode=mode).inc()
             log.info("request failed endpoint=%s code=%s", call_endpoint, exc.code)
             return _error(api)
 
