@@ -192,7 +192,7 @@ def run(total_mib: int, chunk_mib: int, repeat: int, workers: int | None) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024, help="model size (default 1024)")
-    ap.add_argument("--chunk-mib", type=int, default=4, help="chunk size in MiB (default 4)")
+    ap.add_argument("--chunk-mib", type=int, default=1, help="chunk size in MiB (default 1)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="32 MiB, one repeat: a smoke run")

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from teellm.bundle.stream import DEFAULT_CHUNK_SIZE
 from teellm.errors import TeellmError
 
 
@@ -103,7 +104,7 @@ def seal(
         None, "--key-out", help="Write the content key here (0600) instead of printing it."
     ),
     chunk_size: int = typer.Option(
-        4 * 1024 * 1024, "--chunk-size", help="Chunk size in bytes (power of two)."
+        DEFAULT_CHUNK_SIZE, "--chunk-size", help="Chunk size in bytes (power of two)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

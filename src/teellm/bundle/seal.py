@@ -42,7 +42,7 @@ from teellm.bundle.manifest import (
 )
 from teellm.crypto.secret import SecretBytes
 
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = stream.DEFAULT_CHUNK_SIZE
 
 # progress(phase, nbytes): phase is "hash" (first pass) or "encrypt" (second pass).
 Progress = Callable[[str, int], None]

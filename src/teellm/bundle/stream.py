@@ -14,6 +14,9 @@ CIPHER_SUITE = "AES-256-GCM-STREAM/SHA-256"
 TAG_SIZE = 16
 NONCE_PREFIX_SIZE = 7
 MAX_CHUNKS = 2**32  # the chunk counter in the nonce is 32 bits
+# 1 MiB: a chunk stays in L2 cache between hashing and AES-GCM (measured a little
+# faster than 4 and 16 MiB), and 1024 chunks per GiB keep every core busy.
+DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 _AAD_LABEL = b"teellm/v1/chunk\x00"
 _KEY_COMMIT_LABEL = b"teellm/v1/key-commitment"
