@@ -163,7 +163,8 @@ class Batch:
     ``tokens``/``positions``: ``[B, T]``; ``slots``: ``[B]`` cache slot of each row;
     ``slot_range``: ``(first, end)`` when the slots are exactly ``range(first, end)`` so the
     cache can be read as a view; ``kv_len``: how many cache positions to attend over;
-    ``masks``: per sliding-window value, a ``[B, 1, T, kv_len]`` boolean mask (True = attend);
+    ``masks``: per sliding-window value, a ``[B, 1, T, kv_len]`` boolean mask (True = attend),
+    or None when every query attends to all ``kv_len`` keys;
     ``last``: for each row, the index in T whose logits are wanted (None: all of them).
     """
 
@@ -172,7 +173,7 @@ class Batch:
     slots: torch.Tensor
     slot_range: tuple[int, int] | None
     kv_len: int
-    masks: dict[int | None, torch.Tensor]
+    masks: dict[int | None, torch.Tensor | None]
     last: torch.Tensor | None
 
 
@@ -288,7 +289,7 @@ class Transformer:
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         group = nh // nkv
         grouped_masks = {
-            w: m if group == 1 or seqlen == 1 else m.repeat(1, 1, group, 1)
+            w: m if m is None or group == 1 or seqlen == 1 else m.repeat(1, 1, group, 1)
             for w, m in batch.masks.items()
         }
         for i, layer in enumerate(self.layers):
@@ -342,7 +343,7 @@ class Transformer:
         seqlen = tokens.shape[-1]
         positions = torch.arange(seqlen)[None, :]
         causal = positions <= positions.T
-        masks = {}
+        masks: dict[int | None, torch.Tensor | None] = {}
         for window in set(self.cfg.layer_windows):
             m = causal if window is None else causal & (positions.T - positions < window)
             masks[window] = m[None, None]

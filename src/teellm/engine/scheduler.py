@@ -196,6 +196,7 @@ class Scheduler:
         worked = False
         if prefill:
             self._run_prefill(prefill)
+            self._flush()  # first tokens go out before the decode pass, not after it
             worked = True
         decode = [
             s
@@ -277,8 +278,14 @@ class Scheduler:
         kv_len = int((starts + torch.tensor(lengths)).max())
         keys = torch.arange(kv_len)[None, None, :]
         causal = keys <= positions[:, :, None]
-        masks: dict[int | None, torch.Tensor] = {}
+        # One token per row, all at the same position: every row attends to the whole
+        # kv_len, so no mask is needed (SDPA is several times faster without one).
+        same = width == 1 and len({s.kv_len for s in rows}) == 1
+        masks: dict[int | None, torch.Tensor | None] = {}
         for window in set(self.model.cfg.layer_windows):
+            if same and (window is None or kv_len <= window):
+                masks[window] = None
+                continue
             m = causal if window is None else causal & (keys > positions[:, :, None] - window)
             masks[window] = m[:, None]
         slot_ids = [s.slot for s in rows]
