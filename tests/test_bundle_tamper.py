@@ -320,3 +320,15 @@ def test_zeroized_key_is_refused(env: Env, bundle: Path) -> None:
     key = generate_content_key()
     key.zeroize()
     _expect(env, bundle, "wrong_content_key", content_key=key)
+
+
+def test_out_of_memory_is_a_typed_error(
+    env: Env, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from teellm.memory import ProtectedMemoryError
+
+    def refuse(size: int, **kw: bool) -> ProtectedBuffer:
+        raise ProtectedMemoryError("mmap failed")
+
+    monkeypatch.setattr(loader_mod, "ProtectedBuffer", refuse)
+    _expect(env, bundle, "insufficient_memory")

@@ -19,6 +19,7 @@ from teellm.bundle import stream
 from teellm.bundle._chunks import ScratchBuffers, chunk_ranges, pread_exact, run_parallel
 from teellm.bundle.audit import open_data
 from teellm.bundle.errors import (
+    BundleError,
     BundleFormatError,
     ChunkAuthError,
     ContentCommitmentError,
@@ -31,7 +32,7 @@ from teellm.bundle.keys import key_id
 from teellm.bundle.manifest import FileEntry, Manifest, read_manifest
 from teellm.bundle.tensors import tensors_from_buffer
 from teellm.crypto.secret import SecretBytes
-from teellm.memory import ProtectedBuffer, ProtectionReport
+from teellm.memory import ProtectedBuffer, ProtectedMemoryError, ProtectionReport
 
 ALIGN = 4096  # every file starts page-aligned, so tensor data is aligned too
 
@@ -165,7 +166,13 @@ def load_bundle(
         for entry in manifest.files:
             layout[entry.name] = total
             total += -(-entry.size // ALIGN) * ALIGN
-        buffer = ProtectedBuffer(total, prefer_secret=prefer_secret, lock_lazily=True)
+        try:
+            buffer = ProtectedBuffer(total, prefer_secret=prefer_secret, lock_lazily=True)
+        except ProtectedMemoryError:
+            raise BundleError(
+                f"cannot map {total} bytes of protected memory for this bundle",
+                code="insufficient_memory",
+            ) from None
         mem = buffer.view
         _decrypt_all(
             manifest, content_key, fds, buffer, layout, verify_plaintext, progress, workers
