@@ -147,3 +147,17 @@ def test_lazy_locking_reports_only_after_finish() -> None:
             assert report.mlock
         else:
             assert any("mlock" in n for n in report.notes)
+
+
+def test_protected_secret_constructors() -> None:
+    from teellm.memory import ProtectedSecret
+
+    buf = bytearray(b"z" * 16)
+    s = ProtectedSecret.from_buffer(buf)
+    assert buf == bytearray(16) and s.bytes() == b"z" * 16
+    r = ProtectedSecret.random(32)
+    assert isinstance(r, ProtectedSecret) and len(r) == 32 and r.protections.dontdump
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(r)

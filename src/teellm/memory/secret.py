@@ -32,6 +32,11 @@ class ProtectedSecret(SecretBytes):
         self._buf = bytearray()
         self._label = label
 
+    @classmethod
+    def from_buffer(cls, buf: bytearray, *, label: str = "secret") -> SecretBytes:
+        """Move ``buf`` into protected memory (``buf`` is wiped)."""
+        return cls(buf, label=label)
+
     def reveal(self) -> memoryview:
         if self._pbuf is None:
             raise ValueError(f"{self._label} was already zeroized")
