@@ -102,10 +102,8 @@ class PackedLinear(Linear):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dtype)
+    # Normalised in float32, cast back, then scaled: the reference's order of rounding.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def rotary_tables(cfg: ModelConfig, length: int, dtype: torch.dtype) -> torch.Tensor:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -22,7 +22,9 @@ class SamplingParams(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     max_tokens: int = Field(default=256, ge=1)
-    stop: list[str] = Field(default_factory=list, max_length=16)
+    stop: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=list, max_length=16
+    )
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     logprobs: bool = False
     # Keep generating past end-of-sequence tokens (benchmarks, tests).
