@@ -268,10 +268,9 @@ def create_app(ctx: ServerContext) -> FastAPI:
                     code="key_id_mismatch",
                     headers={envelope.KEY_ID_HEADER: ctx.identity.key_id.hex()},
                 ) from None
-            except TeellmError:
-                raise ApiError(
-                    "the request envelope could not be opened", code="envelope_invalid"
-                ) from None
+            except TeellmError as exc:
+                # The envelope's own code (envelope_malformed, envelope_decrypt_failed...).
+                raise ApiError("the request envelope could not be opened", code=exc.code) from None
             if opened.path != request.url.path:
                 raise ApiError(
                     "the sealed request names another endpoint", code="envelope_path_mismatch"
@@ -386,10 +385,13 @@ def create_app(ctx: ServerContext) -> FastAPI:
         _count_tokens(call, usage)
         body = _json_bytes(render_final("".join(parts), finish, usage))
         receipt = _receipt(call, envelope.sha256(body))
-        headers = {"X-Teellm-Mode": call.mode, RECEIPT_HEADER: receipt.to_header()}
+        headers = {"X-Teellm-Mode": call.mode}
         _finish(call, endpoint, 200)
         if call.opened is None:
+            headers[RECEIPT_HEADER] = receipt.to_header()
             return Response(body, media_type="application/json", headers=headers)
+        # E2E: the receipt only inside the FINAL frame. Its plaintext hashes in a
+        # header would let anyone on the path confirm a guessed prompt or answer.
         sealer = call.opened.sealer(envelope.ResponseContent.JSON)
         return Response(
             sealer.seal_all(body, receipt.to_bytes()),
