@@ -65,6 +65,14 @@ class Srv:
         return r, sealed
 
 
+def _error(r: httpx.Response, sealed: envelope.SealedRequest | None) -> tuple[dict[str, Any], bool]:
+    """The OpenAI error object of a response, and whether it came sealed."""
+    if r.headers.get("content-type", "").startswith(envelope.MEDIA_TYPE):
+        assert sealed is not None
+        return json.loads(sealed.open_response(r.content).data)["error"], True
+    return r.json()["error"], False
+
+
 def _tenants() -> tuple[AccessPolicy, dict[str, str]]:
     tok_a, h_a = new_token()
     tok_b, h_b = new_token()
@@ -307,10 +315,12 @@ def test_access_errors(srv: Srv) -> None:
         ("gamma", _chat("word " * 20), 403, "input_length_exceeded"),
     ]
     for token, body, status, code in cases:
-        r, _ = srv.post_sealed("/v1/chat/completions", body, token=token)
-        err = r.json()["error"]
+        r, sealed = srv.post_sealed("/v1/chat/completions", body, token=token)
+        err, was_sealed = _error(r, sealed)
         assert (r.status_code, err["code"]) == (status, code), err
         assert err["type"] in ("authentication_error", "permission_error")
+        # 401 comes before the envelope is opened; 403 after, so it is sealed.
+        assert was_sealed == (status == 403)
 
 
 def test_rate_limit_429(srv: Srv) -> None:
@@ -331,48 +341,35 @@ def test_bad_input_is_clean_4xx_and_server_keeps_serving(srv: Srv) -> None:
     auth = {"Authorization": f"Bearer {srv.tokens['alpha']}"}
     sealed_ct = {**auth, "Content-Type": envelope.MEDIA_TYPE}
     url = srv.url + "/v1/chat/completions"
-    cases: list[tuple[httpx.Response, int, str]] = [
-        (httpx.post(url, content=b"\x01garbage", headers=sealed_ct), 400, "envelope_malformed"),
-        (httpx.post(url, content=b"", headers=sealed_ct), 400, "envelope_malformed"),
-        (srv.post_sealed("/v1/chat/completions", b"{not json")[0], 400, "invalid_json"),
-        (srv.post_sealed("/v1/chat/completions", b"[1,2]")[0], 400, "invalid_request"),
-        (
-            srv.post_sealed("/v1/chat/completions", _chat(temperature="hot"))[0],
-            400,
-            "invalid_request",
-        ),
-        (
-            srv.post_sealed("/v1/chat/completions", _chat(seed=-1))[0],
-            400,
-            "invalid_request",
-        ),
-        (srv.post_sealed("/v1/chat/completions", _chat(model="nope"))[0], 404, "model_not_found"),
-        (
-            srv.post_sealed("/v1/chat/completions", _chat("word " * 300))[0],
-            400,
-            "context_length_exceeded",
-        ),
-        (srv.post_sealed("/v1/completions", _chat())[0], 400, "invalid_request"),
-        (
-            httpx.post(url, content=b"x" * (65 * 1024), headers=sealed_ct),
-            413,
-            "payload_too_large",
-        ),
-    ]
+
+    def sealed_post(body: Any, path: str = "/v1/chat/completions") -> Any:
+        return (*srv.post_sealed(path, body), True)
+
+    def raw_post(content: bytes) -> Any:
+        return httpx.post(url, content=content, headers=sealed_ct), None, False
+
     wire = srv.sealed("/v1/chat/completions", _chat()).wire
-    tampered = wire[:-1] + bytes([wire[-1] ^ 1])
-    cases.append(
-        (httpx.post(url, content=tampered, headers=sealed_ct), 400, "envelope_decrypt_failed")
-    )
-    # A request sealed for one endpoint cannot be replayed against another.
-    sealed = srv.sealed("/v1/completions", _chat())
-    cases.append(
-        (httpx.post(url, content=sealed.wire, headers=sealed_ct), 400, "envelope_path_mismatch")
-    )
-    for r, status, code in cases:
+    cases: list[tuple[Any, int, str]] = [
+        (raw_post(b"\x01garbage"), 400, "envelope_malformed"),
+        (raw_post(b""), 400, "envelope_malformed"),
+        (raw_post(wire[:-1] + bytes([wire[-1] ^ 1])), 400, "envelope_decrypt_failed"),
+        (raw_post(b"x" * (65 * 1024)), 413, "payload_too_large"),
+        # A request sealed for one endpoint cannot be replayed against another.
+        (raw_post(srv.sealed("/v1/completions", _chat()).wire), 400, "envelope_path_mismatch"),
+        # After decryption: errors are sealed answers.
+        (sealed_post(b"{not json"), 400, "invalid_json"),
+        (sealed_post(b"[1,2]"), 400, "invalid_request"),
+        (sealed_post(_chat(temperature="hot")), 400, "invalid_request"),
+        (sealed_post(_chat(seed=-1)), 400, "invalid_request"),
+        (sealed_post(_chat(model="nope")), 404, "model_not_found"),
+        (sealed_post(_chat("word " * 300)), 400, "context_length_exceeded"),
+        (sealed_post(_chat(), "/v1/completions"), 400, "invalid_request"),
+    ]
+    for (r, sealed, expect_sealed), status, code in cases:
         assert r.status_code == status, (code, r.text)
-        err = r.json()["error"]
+        err, was_sealed = _error(r, sealed if expect_sealed else None)
         assert err["code"] == code and isinstance(err["message"], str)
+        assert was_sealed == expect_sealed, code
     r = httpx.get(srv.url + "/v1/nothing-here")
     assert r.status_code == 404 and "error" in r.json()
     r, sealed = srv.post_sealed("/v1/chat/completions", _chat())

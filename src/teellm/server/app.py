@@ -477,20 +477,26 @@ def create_app(ctx: ServerContext) -> FastAPI:
         try:
             call = await _begin(request)
             return await handler(call)
-        except ApiError as exc:
-            status = exc.status
-            mode = call.mode if call is not None else "-"
-            metrics.requests.labels(endpoint=call_endpoint, status=str(status), mode=mode).inc()
-            log.info(
-                "request refused endpoint=%s status=%d code=%s", call_endpoint, status, exc.code
-            )
-            return _error(exc)
         except TeellmError as exc:
             api = from_teellm_error(exc)
             mode = call.mode if call is not None else "-"
             metrics.requests.labels(endpoint=call_endpoint, status=str(api.status), mode=mode).inc()
-            log.info("request failed endpoint=%s code=%s", call_endpoint, exc.code)
-            return _error(api)
+            log.info(
+                "request refused endpoint=%s status=%d code=%s", call_endpoint, api.status, api.code
+            )
+            if call is None or call.opened is None:
+                return _error(api)
+            # After decryption an error is an answer like any other: sealed, so that
+            # what it says (a token count, a field name) stays between client and TEE.
+            body = _json_bytes(api.body())
+            receipt = _receipt(call, envelope.sha256(body))
+            sealer = call.opened.sealer(envelope.ResponseContent.JSON)
+            return Response(
+                sealer.seal_all(body, receipt.to_bytes()),
+                status_code=api.status,
+                media_type=envelope.MEDIA_TYPE,
+                headers={**api.headers, "X-Teellm-Mode": call.mode},
+            )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
