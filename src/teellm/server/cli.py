@@ -36,6 +36,9 @@ def serve(
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024),
     min_version: int | None = typer.Option(None, "--min-version", help="Refuse older bundles."),
     kem: str = typer.Option("mlkem768-x25519", "--kem", help="mlkem768-x25519 or x25519."),
+    attestation_rpm: int = typer.Option(
+        120, "--attestation-rpm", min=1, help="Fresh attestation documents (with nonce) per minute."
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log method, path, status."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
@@ -72,6 +75,7 @@ def serve(
             kem=Kem(kem),
             max_body_bytes=max_body_bytes,
             min_version=min_version,
+            attestation_per_minute=attestation_rpm,
         )
         runtime = select(tee)  # refuse at once outside a TEE, before listening
     except (TeellmError, ValueError, OSError) as exc:
