@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-generate-batch", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides (default: torch's)"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
@@ -193,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     from teellm.engine.config import parameter_count
     from teellm.settings import ModelSettings
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dims = QUICK if args.quick else FULL
     prompt_len, new_tokens = (16, 8) if args.quick else (64, 64)
     repeats = args.repeats or (1 if args.quick else 2)

@@ -275,7 +275,13 @@ class Transformer:
         """Run the batch, update the cache, return float32 logits (``[B, vocab]``, or
         ``[B, T, vocab]`` when ``batch.last`` is None)."""
         compiled = getattr(self, "_compiled", None)
-        return compiled(batch) if compiled is not None else self._forward(batch)
+        forward = compiled if compiled is not None else self._forward
+        if batch.tokens.numel() == 1 and self.dtype == torch.bfloat16 and not self.packed:
+            # One row: oneDNN reorders each plain bf16 weight on every call, while the
+            # native matrix-vector kernel streams it once (about 2x faster, same result).
+            with torch.backends.mkldnn.flags(enabled=False):
+                return forward(batch)
+        return forward(batch)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         cfg = self.cfg
