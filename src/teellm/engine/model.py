@@ -279,8 +279,12 @@ class Transformer:
         if batch.tokens.numel() == 1 and self.dtype == torch.bfloat16 and not self.packed:
             # One row: oneDNN reorders each plain bf16 weight on every call, while the
             # native matrix-vector kernel streams it once (about 2x faster, same result).
-            with torch.backends.mkldnn.flags(enabled=False):
+            previous = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+            try:
                 return forward(batch)
+            finally:
+                torch._C._set_mkldnn_enabled(previous)
         return forward(batch)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
