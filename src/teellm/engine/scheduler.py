@@ -236,7 +236,10 @@ class Scheduler:
     def _admit(self) -> None:
         while self._waiting and len(self._active) < self.slots:
             seq = self._waiting[0]
-            if self._active and self._live_tokens() + len(seq.tokens) + 1 > self.kv_budget:
+            # Same test as _enforce_budget (every running sequence may grow by one), so a
+            # sequence is never admitted only to be preempted in the same step.
+            growth = len(self._active) + 1
+            if self._active and self._live_tokens() + len(seq.tokens) + growth > self.kv_budget:
                 break
             self._waiting.popleft()
             seq.slot = len(self._active)
