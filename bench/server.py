@@ -204,7 +204,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 async def _bench(stack: LocalStack, *, quick: bool) -> dict[str, Any]:
     target = _Target(stack)
     max_tokens = 8 if quick else 32
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
     levels = {1: 6 if quick else 24, 16: 16 if quick else 96}
     prompts = [f"Request {i}: tell me about private inference." for i in range(200)]
     results: dict[str, Any] = {}
@@ -238,7 +238,7 @@ async def _bench(stack: LocalStack, *, quick: bool) -> dict[str, Any]:
     return {
         "bench": "server",
         "quick": quick,
-        "model": "tiny random Llama (2 layers, hidden 64), float32, CPU",
+        "model": "tiny random Llama (2 layers, hidden 64), float32, CPU, 1 torch thread",
         "max_tokens": max_tokens,
         "rounds": rounds,
         "results": results,
@@ -281,7 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="teellm-bench-server-") as tmp:
-        stack = LocalStack(Path(tmp), model_id=MODEL, plain=True, batch_size=16)
+        # One torch thread: on a small shared machine OpenMP threads spinning against
+        # the client and other jobs made the engine sporadically 20-40x slower, in
+        # either mode, which drowned the difference this bench measures.
+        stack = LocalStack(
+            Path(tmp),
+            model_id=MODEL,
+            plain=True,
+            batch_size=16,
+            server_env={"OMP_NUM_THREADS": "1"},
+        )
         stack.prepare()
         try:
             stack.start()

@@ -131,6 +131,7 @@ class LocalStack:
         max_input_length: int = 1024,
         rpm: int = 100_000,
         server_args: list[str] | None = None,
+        server_env: dict[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.model_dir = model_dir
@@ -142,6 +143,7 @@ class LocalStack:
         self.max_input_length = max_input_length
         self.rpm = rpm
         self.server_args = list(server_args or [])
+        self.server_env = dict(server_env or {})
         self.tenants: dict[str, Tenant] = {}
         self.procs: list[Proc] = []
         self.manifest: Any = None
@@ -271,7 +273,7 @@ class LocalStack:
         return self
 
     def _start_server(self, timeout: float) -> None:
-        server = spawn("server", teellm_command(*self._server_args), self.root)
+        server = spawn("server", teellm_command(*self._server_args), self.root, env=self.server_env)
         self.procs.append(server)
         wait_http(self.url + "/readyz", server, timeout=timeout)
 
