@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teellm.attestation.policy import AppraisalPolicy
 from teellm.bundle.keys import generate_signing_key
@@ -197,3 +199,23 @@ def test_key_from_broker_and_access_control(sealed: tuple[Path, SealResult, obje
                 kbs_url=kbs.url,
             )
         assert "denied" in getattr(ei.value, "code", "") or "Denied" in type(ei.value).__name__
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(["chat", "completion"]))
+def test_fuzz_input_decoding(data: bytes, kind: str) -> None:
+    from teellm.inference import _decode_input
+
+    try:
+        prompt, messages = _decode_input(data, kind)
+    except InferenceError as exc:
+        assert exc.code == "invalid_request"
+    else:
+        assert (prompt is None) == (kind == "chat") and (messages is None) == (kind != "chat")
+
+
+def test_deeply_nested_chat_input() -> None:
+    from teellm.inference import _decode_input
+
+    with pytest.raises(InferenceError):
+        _decode_input(b"[" * 200_000 + b"]" * 200_000, "chat")

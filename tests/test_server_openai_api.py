@@ -167,3 +167,11 @@ def test_fuzz_raw_bytes(raw: bytes) -> None:
             parse_request(model, raw)
         except ApiError as exc:
             assert exc.status == 400
+
+
+def test_deeply_nested_json_is_a_clean_400() -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for body in (b'{"model":"m","messages":' + deep + b"}", deep):
+        with pytest.raises(ApiError) as ei:
+            parse_request(ChatCompletionRequest, body)
+        assert ei.value.status == 400

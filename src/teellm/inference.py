@@ -405,7 +405,7 @@ def _decode_input(data: bytes, kind: str) -> tuple[str | None, list[dict[str, st
         return text, None
     try:
         messages = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InferenceError("chat input is not JSON", code="invalid_request") from None
     if (
         not isinstance(messages, list)
