@@ -74,54 +74,70 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], generation: Mapping[str, Any]) -> ModelConfig:
+        try:
+            return cls._from_dict(data, generation)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            # Field names only: the values could be anything.
+            raise InvalidModelError(
+                f"config.json lacks or mistypes a field ({type(exc).__name__})"
+            ) from exc
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any], generation: Mapping[str, Any]) -> ModelConfig:
+        if not isinstance(generation, Mapping):
+            generation = {}
         model_type = data.get("model_type")
         archs = data.get("architectures") or []
-        if model_type not in SUPPORTED:
+        if not isinstance(model_type, str) or model_type not in SUPPORTED:
             raise UnsupportedModelError(
-                f"unsupported model_type {model_type!r} (architectures {archs!r}); "
+                f"unsupported model_type {_short(model_type)} (architectures {_short(archs)}); "
                 f"supported: {supported_text()}"
             )
         arch_name, qk_norm, _ = SUPPORTED[model_type]
-        if archs and any(a != arch_name for a in archs):
+        if not isinstance(archs, list) or any(a != arch_name for a in archs):
             raise UnsupportedModelError(
-                f"unsupported architecture {archs!r}; supported: {supported_text()}"
+                f"unsupported architecture {_short(archs)}; supported: {supported_text()}"
             )
-        try:
-            hidden = int(data["hidden_size"])
-            heads = int(data["num_attention_heads"])
-            kv_heads = int(data.get("num_key_value_heads") or heads)
-            layers = int(data["num_hidden_layers"])
-            head_dim = int(data.get("head_dim") or hidden // heads)
-            cfg = cls(
-                model_type=model_type,
-                vocab_size=int(data["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(data["intermediate_size"]),
-                num_layers=layers,
-                num_heads=heads,
-                num_kv_heads=kv_heads,
-                head_dim=head_dim,
-                rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
-                max_position_embeddings=int(data.get("max_position_embeddings", 2048)),
-                rope=_rope(data),
-                tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
-                qk_norm=qk_norm,
-                layer_windows=_windows(data, model_type, layers),
-                eos_token_ids=_eos_ids(data, generation),
-                bos_token_id=_opt_int(generation.get("bos_token_id", data.get("bos_token_id"))),
-                torch_dtype=data.get("dtype") or data.get("torch_dtype"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidModelError(f"config.json lacks or mistypes a field: {exc}") from exc
+        hidden = int(data["hidden_size"])
+        heads = int(data["num_attention_heads"])
+        kv_heads = int(data.get("num_key_value_heads") or heads)
+        layers = int(data["num_hidden_layers"])
+        head_dim = int(data.get("head_dim") or hidden // heads)
+        cfg = cls(
+            model_type=model_type,
+            vocab_size=int(data["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(data["intermediate_size"]),
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(data.get("max_position_embeddings", 2048)),
+            rope=_rope(data),
+            tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+            qk_norm=qk_norm,
+            layer_windows=_windows(data, model_type, layers),
+            eos_token_ids=_eos_ids(data, generation),
+            bos_token_id=_opt_int(generation.get("bos_token_id", data.get("bos_token_id"))),
+            torch_dtype=data.get("dtype") or data.get("torch_dtype"),
+        )
         if min(hidden, heads, kv_heads, layers, head_dim, cfg.vocab_size) <= 0:
             raise InvalidModelError("config.json has a non-positive dimension")
+        if any(w is not None and w <= 0 for w in cfg.layer_windows):
+            raise InvalidModelError("config.json has a non-positive sliding_window")
         if heads % kv_heads:
             raise InvalidModelError("num_attention_heads is not a multiple of num_key_value_heads")
         if data.get("hidden_act", "silu") != "silu":
-            raise UnsupportedModelError(f"unsupported hidden_act {data.get('hidden_act')!r}")
+            raise UnsupportedModelError(f"unsupported hidden_act {_short(data.get('hidden_act'))}")
         if data.get("mlp_bias"):
             raise UnsupportedModelError("mlp_bias=true is not supported")
         return cfg
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _opt_int(value: Any) -> int | None:
@@ -148,7 +164,7 @@ def _rope(data: Mapping[str, Any]) -> RopeSettings:
     kind = str(params.get("rope_type", params.get("type", "default")))
     if kind not in SUPPORTED_ROPE:
         raise UnsupportedModelError(
-            f"unsupported rope type {kind!r}; supported: {', '.join(SUPPORTED_ROPE)}"
+            f"unsupported rope type {_short(kind)}; supported: {', '.join(SUPPORTED_ROPE)}"
         )
     return RopeSettings(
         theta=theta,
