@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from teellm.bundle.keys import generate_signing_key, write_content_key, write_signing_key
@@ -24,6 +26,7 @@ from teellm.engine import (
     SamplingParams,
     UnsupportedModelError,
 )
+from teellm.errors import TeellmError
 from teellm.settings import ModelSettings
 
 
@@ -179,3 +182,26 @@ def test_kv_cache_and_converted_weights_are_protected_and_wiped(model_dir: Path)
         report = probe_buffer_protections()
         assert report.mlock or report.memfd_secret
     assert converted.abs().sum() == 0 and cache.abs().sum() == 0
+
+
+@pytest.fixture(scope="module")
+def idle_engine(model_dir: Path) -> Engine:
+    return Engine(ModelSource.from_dir(model_dir), ModelSettings(max_input_length=64), model_id="m")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.one_of(st.text(max_size=300), st.none()),
+    st.one_of(st.none(), st.lists(st.integers(-5, 600), max_size=80)),
+)
+def test_fuzzed_prompts_tokenize_or_raise_typed(
+    idle_engine: Engine, prompt: str | None, token_ids: list[int] | None
+) -> None:
+    req = GenerationRequest(request_id="f", prompt=prompt, prompt_token_ids=token_ids)
+    try:
+        ids = idle_engine.prompt_ids(req)
+    except TeellmError as exc:
+        assert exc.code in ("invalid_request", "context_length_exceeded")
+        return
+    assert 0 < len(ids) <= idle_engine.max_input_length
+    assert all(0 <= i < idle_engine.config.vocab_size for i in ids)
