@@ -164,3 +164,18 @@ def test_fuzz_tokens_never_authenticate(token: str) -> None:
     policy, _, _ = _policy()
     with pytest.raises(AccessError):
         policy.authenticate(token)
+
+
+def test_model_settings_take_an_access_policy() -> None:
+    import pydantic
+
+    from teellm.settings import ModelSettings
+
+    tok, h = new_token()
+    yaml_text = f"tenants:\n  - name: a\n    token_hashes: ['{h}']\n    models: [m]\n"
+    for value in (yaml_text, AccessPolicy.from_yaml(yaml_text).model_dump()):
+        policy = ModelSettings(access_control=value).access_control
+        assert isinstance(policy, AccessPolicy) and policy.authenticate(tok).name == "a"
+    assert ModelSettings().access_control is None
+    with pytest.raises(pydantic.ValidationError):
+        ModelSettings(access_control=42)

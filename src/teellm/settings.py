@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from teellm.crypto.secret import SecretBytes
 
@@ -15,7 +15,9 @@ class ModelSettings(BaseModel):
     """Serving settings for one model.
 
     ``encryption_key`` is the content key once released: held in protected
-    memory, excluded from serialisation and reprs.
+    memory, excluded from serialisation and reprs. ``access_control`` is an
+    :class:`teellm.server.access.AccessPolicy` (or its YAML text / mapping), or
+    None for in-process use without tenants.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -27,3 +29,18 @@ class ModelSettings(BaseModel):
     # The server's access policy (teellm.server.access.AccessPolicy); typed loosely
     # here so this module does not import the server.
     access_control: Any = None
+
+    @field_validator("access_control", mode="before")
+    @classmethod
+    def _access_policy(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from teellm.server.access import AccessPolicy
+
+        if isinstance(value, AccessPolicy):
+            return value
+        if isinstance(value, str):
+            return AccessPolicy.from_yaml(value)
+        if isinstance(value, dict):
+            return AccessPolicy.model_validate(value)
+        raise ValueError("access_control must be an AccessPolicy, its YAML or a mapping")
