@@ -273,23 +273,27 @@ class Scheduler:
     def _run(self, rows: list[Sequence], lengths: list[int]) -> None:
         """One forward pass over ``rows``, each processing its next ``lengths[i]`` tokens."""
         width = max(lengths)
-        tokens = torch.zeros((len(rows), width), dtype=torch.long)
-        starts = torch.tensor([s.kv_len for s in rows])
-        for i, (seq, n) in enumerate(zip(rows, lengths, strict=True)):
-            tokens[i, :n] = torch.tensor(seq.tokens[seq.kv_len : seq.kv_len + n])
-        positions = starts[:, None] + torch.arange(width)[None, :]
-        kv_len = int((starts + torch.tensor(lengths)).max())
-        keys = torch.arange(kv_len)[None, None, :]
-        causal = keys <= positions[:, :, None]
+        starts_list = [s.kv_len for s in rows]
+        kv_len = max(k + n for k, n in zip(starts_list, lengths, strict=True))
+        if width == 1:
+            tokens = torch.tensor([[s.tokens[s.kv_len]] for s in rows])
+        else:
+            tokens = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, (seq, n) in enumerate(zip(rows, lengths, strict=True)):
+                tokens[i, :n] = torch.tensor(seq.tokens[seq.kv_len : seq.kv_len + n])
+        positions = torch.tensor(starts_list)[:, None] + torch.arange(width)[None, :]
         # One token per row, all at the same position: every row attends to the whole
         # kv_len, so no mask is needed (SDPA is several times faster without one).
-        same = width == 1 and len({s.kv_len for s in rows}) == 1
+        same = width == 1 and len(set(starts_list)) == 1
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in set(self.model.cfg.layer_windows):
             if same and (window is None or kv_len <= window):
                 masks[window] = None
                 continue
-            m = causal if window is None else causal & (keys > positions[:, :, None] - window)
+            keys = torch.arange(kv_len)[None, None, :]
+            m = keys <= positions[:, :, None]
+            if window is not None:
+                m &= keys > positions[:, :, None] - window
             masks[window] = m[:, None]
         slot_ids = [s.slot for s in rows]
         first = slot_ids[0]
@@ -302,13 +306,18 @@ class Scheduler:
             slot_range=(first, first + len(rows)) if contiguous else None,
             kv_len=kv_len,
             masks=masks,
-            last=torch.tensor(lengths) - 1,
+            last=None if width == 1 else torch.tensor(lengths) - 1,
         )
         logits = self.model.forward(batch)
+        if width == 1:
+            logits = logits[:, -1]
         for seq, n in zip(rows, lengths, strict=True):
             seq.kv_len += n
         ready = [i for i, s in enumerate(rows) if s.pending == 0]
-        self._sample([rows[i] for i in ready], logits[ready] if ready else logits[:0])
+        if len(ready) == len(rows):
+            self._sample(rows, logits)
+        else:
+            self._sample([rows[i] for i in ready], logits[ready] if ready else logits[:0])
 
     def _sample(self, rows: list[Sequence], logits: torch.Tensor) -> None:
         if not rows:
