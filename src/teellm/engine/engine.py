@@ -37,7 +37,12 @@ class EngineOptions:
     ``min(max_position_embeddings, max_input_length + 1024)``; ``kv_budget_tokens``: live
     tokens across running sequences before preemption, default ``batch_size * max_seq_len``;
     ``prefill_chunk``: prompt tokens per prefill forward pass; ``max_backlog``: unread
-    deltas after which a request pauses; ``threads``: torch intra-op threads.
+    deltas after which a request pauses; ``threads``: torch intra-op threads (process-wide);
+    ``protect_memory``: KV cache and converted weights in protected memory (memfd_secret or
+    mlock), zeroized by ``stop()``; ``compile``: run the forward pass through torch.compile
+    (slow first steps); ``pack_weights``: reorder weights once into oneDNN's blocked layout,
+    fusing q/k/v and gate/up (faster batched decoding on CPU, but the packed copy is
+    ordinary memory outside the protected arena and doubles weight memory; off by default).
     """
 
     max_seq_len: int | None = None
