@@ -453,10 +453,10 @@ def create_app(ctx: ServerContext) -> FastAPI:
             _count_tokens(call, usage)
             yield emit(SSE_DONE)
             yield close(_receipt(call, response_hash()).to_bytes())
-        except TeellmError as exc:
-            err = from_teellm_error(exc)
+        except Exception as exc:
+            err = _as_api_error(exc)
             status = err.status
-            log.info("stream failed endpoint=%s code=%s", endpoint, exc.code)
+            log.info("stream failed endpoint=%s code=%s", endpoint, err.code)
             yield emit(sse(err.body()))
             yield close(_receipt(call, response_hash()).to_bytes())
         finally:
@@ -477,8 +477,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
         try:
             call = await _begin(request)
             return await handler(call)
-        except TeellmError as exc:
-            api = from_teellm_error(exc)
+        except Exception as exc:
+            api = _as_api_error(exc)
             mode = call.mode if call is not None else "-"
             metrics.requests.labels(endpoint=call_endpoint, status=str(api.status), mode=mode).inc()
             log.info(
@@ -574,6 +574,19 @@ def create_app(ctx: ServerContext) -> FastAPI:
         return await _guarded("completions", request, handle)
 
     return app
+
+
+def _as_api_error(exc: Exception) -> ApiError:
+    """The API error for a failure while serving a request.
+
+    Anything untyped is a bug whose message may quote the request: it is logged by
+    type only and answered as an internal error, never re-raised (the ASGI server
+    would log it with its message and traceback, and the answer would go unsealed).
+    """
+    if isinstance(exc, TeellmError):
+        return from_teellm_error(exc)
+    log.error("unexpected error type=%s", type(exc).__name__)
+    return ApiError("internal error", status=500, code="internal_error")
 
 
 def _usage_dict(usage: Any) -> dict[str, int]:

@@ -1,0 +1,127 @@
+"""Security regressions of the server app: what an unexpected failure may reveal.
+
+The engine here is a stand-in that fails on purpose with the prompt in its error
+message (the real engine cannot be made to fail on demand); everything else is
+real: uvicorn on loopback, the envelope, access control, receipts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from teellm.attestation.runtime import SimulatedRuntime
+from teellm.crypto import envelope
+from teellm.kbs.server import ServerThread
+from teellm.server.access import AccessPolicy, Tenant, new_token
+from teellm.server.app import ServerContext, create_app
+from teellm.server.boot import Attestor, DocumentSource
+from teellm.server.document import ModelInfo
+from teellm.server.identity import ServerIdentity
+
+CANARY = "okapi-canary-7d21e9"
+MODEL = "m"
+
+
+class FailingEngine:
+    """Fails with the request's content in the message, where ``where`` says."""
+
+    model_id = MODEL
+    max_input_length = 1000
+
+    def __init__(self) -> None:
+        self.where = "count"
+
+    def count_prompt_tokens(self, req: Any) -> int:
+        if self.where == "count":
+            raise RuntimeError(f"cannot tokenize {req['messages']}")
+        return 1
+
+    async def stream(self, req: Any) -> AsyncGenerator[Any, None]:
+        raise KeyError(f"no slot for {req['messages']}")
+        yield  # pragma: no cover - makes this an async generator
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, str, ServerIdentity, FailingEngine]]:
+    token, token_hash = new_token()
+    identity = ServerIdentity.generate()
+    info = ModelInfo(id=MODEL, version=1, digest="00" * 32, publisher_key_id="ab" * 32)
+    docs = DocumentSource(
+        Attestor(SimulatedRuntime(), identity),
+        manifest=info,
+        serving_config={},
+        memory_protection={},
+        plain_mode=False,
+    )
+    engine = FailingEngine()
+    ctx = ServerContext(
+        engine=engine,
+        access=AccessPolicy(tenants=[Tenant(name="t", token_hashes=[token_hash], models=["*"])]),
+        identity=identity,
+        model_digest=bytes(32),
+        attestation=docs,
+        ready=True,
+        make_request=lambda **kw: kw,
+        make_sampling=lambda **kw: kw,
+    )
+    with ServerThread(create_app(ctx)) as thread:
+        yield thread.url, token, identity, engine
+
+
+@pytest.fixture
+def server_log() -> Iterator[io.StringIO]:
+    """Everything the app and uvicorn log (uvicorn's loggers do not propagate)."""
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    loggers = [
+        logging.getLogger(),
+        logging.getLogger("uvicorn"),
+        logging.getLogger("uvicorn.error"),
+    ]
+    for lg in loggers:
+        lg.addHandler(handler)
+    yield buf
+    for lg in loggers:
+        lg.removeHandler(handler)
+
+
+@pytest.mark.parametrize(
+    ("where", "stream"), [("count", False), ("stream", False), ("stream", True)]
+)
+def test_unexpected_error_is_sealed_and_not_logged(
+    server: tuple[str, str, ServerIdentity, FailingEngine],
+    server_log: io.StringIO,
+    where: str,
+    stream: bool,
+) -> None:
+    url, token, identity, engine = server
+    engine.where = where
+    body = {"model": MODEL, "messages": [{"role": "user", "content": CANARY}], "stream": stream}
+    sealed = envelope.seal_request(
+        json.dumps(body).encode(),
+        path="/v1/chat/completions",
+        public_key=identity.hpke.public_key,
+        server_key_id=identity.key_id,
+    )
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        content=sealed.wire,
+        headers={"Content-Type": envelope.MEDIA_TYPE, "Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    # The answer is sealed like any other, and says only "internal error".
+    assert r.headers["content-type"].startswith(envelope.MEDIA_TYPE)
+    opened = sealed.open_response(r.content)
+    assert CANARY.encode() not in r.content
+    assert b"internal_error" in opened.data and CANARY.encode() not in opened.data
+    assert r.status_code == (200 if stream else 500)
+    # Nothing the server logged quotes the prompt.
+    assert "RuntimeError" in server_log.getvalue() or "KeyError" in server_log.getvalue()
+    assert CANARY not in server_log.getvalue()
