@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from teellm.attestation import AppraisalPolicy, Evidence, TeeType, verify_and_appraise
+from teellm.attestation.policy import HARDWARE_TYPES
 from teellm.attestation.runtime import SimulatedRuntime
 from teellm.attestation.x509util import clear_link_cache, load_cert, load_certs
 
@@ -57,7 +58,9 @@ def _chain_ok(chain: list[x509.Certificate]) -> None:
 
 
 def _cases(vectors: Path) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
-    lax = AppraisalPolicy(require_report_data=False, allow_debug=True)
+    lax = AppraisalPolicy(
+        require_report_data=False, allow_debug=True, allowed_tee_types=list(HARDWARE_TYPES)
+    )
     cases: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {}
 
     sim_policy = AppraisalPolicy(allow_simulated=True)

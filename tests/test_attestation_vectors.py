@@ -209,16 +209,13 @@ def test_nitro_outside_validity_window(vectors: Path) -> None:
 
 
 def test_nvidia_hopper_report(vectors: Path) -> None:
-    d = verify_and_appraise(
-        _gpu(vectors), AppraisalPolicy(), expected_report_data=GPU_NONCE, now=SNP_AT
-    )
+    gpu_ok = AppraisalPolicy(allowed_tee_types=["nvidia"])
+    d = verify_and_appraise(_gpu(vectors), gpu_ok, expected_report_data=GPU_NONCE, now=SNP_AT)
     assert d.accepted, d.reasons
     assert d.claims and d.claims.report_data == GPU_NONCE.hex()
     assert d.claims.extra["driver_version"] == "550.90.07"
     assert len(d.claims.measurements) == 64
-    wrong = verify_and_appraise(
-        _gpu(vectors), AppraisalPolicy(), expected_report_data=bytes(32), now=SNP_AT
-    )
+    wrong = verify_and_appraise(_gpu(vectors), gpu_ok, expected_report_data=bytes(32), now=SNP_AT)
     assert not wrong.accepted and "report_data" in _failed(wrong)
 
 

@@ -142,6 +142,25 @@ def test_tcb_status_advisories_min_tcb_debug() -> None:
     assert _appraise(_claims(), only_snp)["tee_type"] is False
 
 
+def test_bare_gpu_evidence_needs_an_explicit_policy() -> None:
+    """A GPU report alone says nothing of the CPU code holding the bound keys: a host
+    with any GPU could otherwise pass a default policy and receive prompts or keys."""
+    from teellm.attestation.policy import gpu_nonce
+    from teellm.kbs.policy import ReleasePolicy
+
+    gpu = _claims(tee_type=TeeType.NVIDIA, report_data=gpu_nonce(RD).hex())
+    assert _appraise(gpu, AppraisalPolicy())["tee_type"] is False
+    assert not ReleasePolicy().allows_tee_type("nvidia")
+    explicit = AppraisalPolicy(allowed_tee_types=["nvidia"])
+    assert all(_appraise(gpu, explicit).values())
+    assert ReleasePolicy(appraisal=explicit).allows_tee_type("nvidia")
+    # The CPU TEE types stay allowed by default.
+    assert all(
+        _appraise(_claims(tee_type=tee), AppraisalPolicy())["tee_type"]
+        for tee in ["tdx", "sgx", "snp", "nitro"]
+    )
+
+
 def test_yaml_policy_roundtrip(tmp_path) -> None:
     text = """
 allowed_tee_types: [tdx, snp]

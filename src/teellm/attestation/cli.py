@@ -82,14 +82,18 @@ def verify_cmd(
 ) -> None:
     """Verify EVIDENCE_FILE and appraise it; exit 0 accepted, 1 rejected, 2 usage error."""
     from teellm.attestation.evidence_io import read_evidence
-    from teellm.attestation.policy import AppraisalPolicy
+    from teellm.attestation.policy import HARDWARE_TYPES, AppraisalPolicy
     from teellm.attestation.types import AttestationError, Evidence, TeeType
     from teellm.attestation.verify import verify_and_appraise
 
     now = _parse_at(at)
     expected = _hex_arg(report_data, "--report-data", 64) if report_data is not None else None
     try:
-        rules = AppraisalPolicy.from_yaml(policy) if policy else AppraisalPolicy()
+        rules = (
+            AppraisalPolicy.from_yaml(policy)
+            if policy
+            else AppraisalPolicy(allowed_tee_types=list(HARDWARE_TYPES))  # inspecting any evidence
+        )
     except AttestationError as exc:
         raise typer.BadParameter(str(exc)) from None
     if expected is None and rules.require_report_data:

@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from teellm.attestation.types import REPORT_DATA_SIZE, AttestationError, Check, Claims, TeeType
 
 HARDWARE_TYPES = [TeeType.TDX, TeeType.SGX, TeeType.SNP, TeeType.NITRO, TeeType.NVIDIA]
+# A bare GPU report attests the GPU, not the CPU-side code holding the keys it is
+# bound to: accepted only where a policy names ``nvidia`` (composite CPU+GPU
+# evidence is appraised under its CPU TEE type).
+DEFAULT_TEE_TYPES = [TeeType.TDX, TeeType.SGX, TeeType.SNP, TeeType.NITRO]
 CLOCK_SKEW = timedelta(seconds=60)
 
 
@@ -38,7 +42,7 @@ class AppraisalPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    allowed_tee_types: list[TeeType] = Field(default_factory=lambda: list(HARDWARE_TYPES))
+    allowed_tee_types: list[TeeType] = Field(default_factory=lambda: list(DEFAULT_TEE_TYPES))
     measurements: dict[TeeType, dict[str, list[str]]] = Field(default_factory=dict)
     allow_debug: bool = False
     allow_simulated: bool = False
