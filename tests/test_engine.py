@@ -19,6 +19,7 @@ from teellm.cli import app
 from teellm.devmodel import make_model_dir
 from teellm.engine import (
     Engine,
+    EngineOptions,
     GenerationRequest,
     InvalidModelError,
     InvalidRequestError,
@@ -205,3 +206,16 @@ def test_fuzzed_prompts_tokenize_or_raise_typed(
         return
     assert 0 < len(ids) <= idle_engine.max_input_length
     assert all(0 <= i < idle_engine.config.vocab_size for i in ids)
+
+
+def test_packed_weights_generate_the_same_tokens(model_dir: Path) -> None:
+    req = _req("The key broker checks the report", max_tokens=12, ignore_eos=True)
+    outs = []
+    for pack in (False, True):
+        options = EngineOptions(pack_weights=pack)
+        with Engine(
+            ModelSource.from_dir(model_dir), ModelSettings(), model_id="m", options=options
+        ) as engine:
+            assert engine.model.packed is pack
+            outs.append(engine.generate(req).token_ids)
+    assert outs[0] == outs[1]

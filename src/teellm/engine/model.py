@@ -149,9 +149,11 @@ class Layer:
     mlp_norm: torch.Tensor
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
-    # Fused projections (packed weights): q|k|v and gate|up in one matrix each.
+    # Packed weights (optional): q|k|v and gate|up fused, o and down reordered.
     qkv: PackedLinear | None = None
     gate_up: PackedLinear | None = None
+    o_packed: PackedLinear | None = None
+    down_packed: PackedLinear | None = None
 
 
 @dataclass
@@ -229,8 +231,8 @@ class Transformer:
             if pack_weights and precision != "int8":
                 layer.qkv = _pack([layer.q, layer.k, layer.v])
                 layer.gate_up = _pack([layer.gate, layer.up])
-                layer.o = _pack([layer.o])
-                layer.down = _pack([layer.down])
+                layer.o_packed = _pack([layer.o])
+                layer.down_packed = _pack([layer.down])
             self.layers.append(layer)
         self.packed = pack_weights and precision != "int8"
         self.k_cache: list[torch.Tensor] = []
@@ -243,8 +245,9 @@ class Transformer:
         """Bytes of weights one decode step reads (embedding rows excluded)."""
         total = self.lm_head.nbytes
         for layer in self.layers:
-            if layer.qkv is not None and layer.gate_up is not None:
-                parts = [layer.qkv, layer.gate_up, layer.o, layer.down]
+            parts: list[Linear]
+            if layer.qkv and layer.gate_up and layer.o_packed and layer.down_packed:
+                parts = [layer.qkv, layer.gate_up, layer.o_packed, layer.down_packed]
             else:
                 parts = [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down]
             total += sum(lin.nbytes for lin in parts)
@@ -276,9 +279,10 @@ class Transformer:
         ``[B, T, vocab]`` when ``batch.last`` is None)."""
         compiled = getattr(self, "_compiled", None)
         forward = compiled if compiled is not None else self._forward
-        if batch.tokens.numel() == 1 and self.dtype == torch.bfloat16 and not self.packed:
+        if batch.tokens.numel() == 1 and self.dtype == torch.bfloat16:
             # One row: oneDNN reorders each plain bf16 weight on every call, while the
-            # native matrix-vector kernel streams it once (about 2x faster, same result).
+            # native matrix-vector kernel streams it once (about 2x faster, same result);
+            # such steps use the plain weights even when packed ones exist.
             previous = torch._C._get_mkldnn_enabled()
             torch._C._set_mkldnn_enabled(False)
             try:
@@ -300,10 +304,13 @@ class Transformer:
             w: m if m is None or group == 1 or seqlen == 1 else m.repeat(1, 1, group, 1)
             for w, m in batch.masks.items()
         }
+        use_packed = self.packed and (bsz * seqlen > 1 or self.dtype != torch.bfloat16)
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-            if layer.qkv is not None:
+            o_proj, down_proj = layer.o, layer.down
+            if use_packed and layer.qkv and layer.o_packed and layer.down_packed:
                 q, k, v = layer.qkv(h).split(layer.qkv.sizes, dim=-1)
+                o_proj, down_proj = layer.o_packed, layer.down_packed
             else:
                 q, k, v = layer.q(h), layer.k(h), layer.v(h)
             q = q.view(bsz, seqlen, nh, hd)
@@ -334,13 +341,13 @@ class Transformer:
                 attn_mask=grouped_masks[cfg.layer_windows[i]],
             )
             attn = attn.view(bsz, nh, seqlen, hd)
-            x = x + layer.o(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
+            x = x + o_proj(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
             h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-            if layer.gate_up is not None:
+            if use_packed and layer.gate_up is not None:
                 gate, up = layer.gate_up(h).split(layer.gate_up.sizes, dim=-1)
             else:
                 gate, up = layer.gate(h), layer.up(h)
-            x = x + layer.down(F.silu(gate) * up)
+            x = x + down_proj(F.silu(gate) * up)
         if batch.last is not None:
             x = x[torch.arange(bsz), batch.last]
         return self.lm_head(rms_norm(x, self.norm, cfg.rms_norm_eps)).float()
