@@ -11,6 +11,7 @@ import io
 import json
 import logging
 from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -125,3 +126,45 @@ def test_unexpected_error_is_sealed_and_not_logged(
     # Nothing the server logged quotes the prompt.
     assert "RuntimeError" in server_log.getvalue() or "KeyError" in server_log.getvalue()
     assert CANARY not in server_log.getvalue()
+
+
+def test_boot_refuses_a_manifest_swapped_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage answers the boot's first manifest read with another genuine manifest of
+    the same publisher (version 2) than the bundle then loaded (version 1): the server
+    must not attest version 2 while serving version 1."""
+    from teellm.bundle.keys import generate_signing_key, write_signing_key
+    from teellm.bundle.manifest import read_manifest
+    from teellm.bundle.seal import seal_model
+    from teellm.crypto.secret import SecretBytes
+    from teellm.devmodel import make_model_dir
+    from teellm.server import boot as boot_mod
+    from teellm.settings import ModelSettings
+
+    model_dir = make_model_dir(tmp_path / "model")
+    signing_key = generate_signing_key()
+    publisher = write_signing_key(tmp_path / "publisher.pem", signing_key)
+    key = SecretBytes.random(32)
+    for version in (1, 2):
+        seal_model(
+            model_dir,
+            tmp_path / f"v{version}",
+            model_id=MODEL,
+            version=version,
+            signing_key=signing_key,
+            content_key=SecretBytes(key.reveal()),
+        )
+    newer = read_manifest(tmp_path / "v2")
+    monkeypatch.setattr(boot_mod, "read_manifest", lambda _dir: newer)
+    opts = boot_mod.BootOptions(
+        bundle=tmp_path / "v1",
+        trusted_publishers=[publisher],
+        access=AccessPolicy(),
+        content_key=key,
+        settings=ModelSettings(precision="float32", batch_size=1, max_input_length=64),
+    )
+    with pytest.raises(boot_mod.BootError) as info:
+        booted = boot_mod.boot(opts, runtime=SimulatedRuntime())
+        booted.close()
+    assert info.value.code == "manifest_changed"

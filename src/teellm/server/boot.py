@@ -289,6 +289,11 @@ def boot(opts: BootOptions, *, runtime: TEERuntime | None = None) -> BootedServe
     finally:
         if opts.content_key is None:
             content_key.zeroize()
+    # The manifest was read from untrusted storage before the key release; the
+    # bundle loader read (and checked) it again. Attest only what was loaded.
+    if model.manifest.digest() != manifest.digest():
+        model.close()
+        raise BootError("the bundle's manifest changed while booting", code="manifest_changed")
     docs = DocumentSource(
         attestor,
         manifest=manifest,
