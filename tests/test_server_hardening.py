@@ -168,3 +168,34 @@ def test_boot_refuses_a_manifest_swapped_under_it(
         booted = boot_mod.boot(opts, runtime=SimulatedRuntime())
         booted.close()
     assert info.value.code == "manifest_changed"
+
+
+def test_local_proxy_refuses_requests_a_web_page_could_make() -> None:
+    """DNS rebinding (foreign Host) or a cross-site POST (foreign Origin) must not reach
+    the upstream server with the API key the proxy adds."""
+    from teellm.client.proxy import build_proxy_app
+    from teellm.server.document import ClientPolicy
+
+    policy = ClientPolicy(trusted_publishers=["ab" * 32])
+    app = build_proxy_app("http://127.0.0.1:9", policy, api_key="tk-user-secret")
+    with ServerThread(app) as thread:
+        port = thread.port
+        refused = [
+            {"Host": "evil.example"},
+            {"Host": f"rebind.evil.example:{port}"},
+            {"Host": f"127.0.0.1:{port}", "Origin": "https://evil.example"},
+            {"Host": f"127.0.0.1:{port}", "Origin": "null"},
+        ]
+        for headers in refused:
+            for method, path in (("GET", "/teellm/report"), ("POST", "/v1/chat/completions")):
+                r = httpx.request(method, thread.url + path, headers=headers, content=b"{}")
+                assert r.status_code == 403, (headers, path)
+                assert r.json()["error"]["code"] == "proxy_foreign_origin"
+        allowed = [
+            {},
+            {"Host": f"localhost:{port}"},
+            {"Host": f"127.0.0.1:{port}", "Origin": f"http://localhost:{port}"},
+        ]
+        for headers in allowed:
+            r = httpx.get(thread.url + "/teellm/report", headers=headers)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "not_verified"

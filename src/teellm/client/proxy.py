@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 
 from teellm.client.transport import AsyncVerifyingTransport, ServerSession
 from teellm.errors import TeellmError
@@ -47,6 +48,48 @@ def check_loopback(host: str) -> None:
         raise ProxyError(
             f"the proxy listens on loopback only, not {host!r}", code="proxy_not_loopback"
         )
+
+
+def _loopback_name(host: str) -> bool:
+    """Whether a ``Host``/``Origin`` host part (port allowed) names this machine."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _from_this_machine(headers: Headers) -> bool:
+    """Refuse what a web page could send through the user's browser: a foreign Host
+    (DNS rebinding) or a foreign Origin (cross-site POST). Either would spend the
+    user's API key, which the proxy adds to every request."""
+    if not _loopback_name(headers.get("host", "")):
+        return False
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and _loopback_name(rest.split("/")[0])
+
+
+class _LoopbackClientsOnly:
+    """Plain ASGI (not BaseHTTPMiddleware, which would hide a stream's failure)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not _from_this_machine(Headers(scope=scope)):
+            refused = _error(403, "requests must come from this machine", "proxy_foreign_origin")
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _error_body(message: str, code: str) -> dict[str, Any]:
@@ -85,6 +128,8 @@ def build_proxy_app(
         title="teellm proxy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.session = session
+
+    app.add_middleware(_LoopbackClientsOnly)
 
     @app.get("/teellm/report")
     async def report() -> Response:
