@@ -199,3 +199,41 @@ def test_local_proxy_refuses_requests_a_web_page_could_make() -> None:
         for headers in allowed:
             r = httpx.get(thread.url + "/teellm/report", headers=headers)
             assert r.status_code == 503 and r.json()["error"]["code"] == "not_verified"
+
+
+def test_in_process_load_refuses_a_manifest_swapped_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same swap as above, through ``LLMInference.load``."""
+    from teellm.bundle.keys import generate_signing_key, write_signing_key
+    from teellm.bundle.manifest import read_manifest
+    from teellm.bundle.seal import seal_model
+    from teellm.crypto.secret import SecretBytes
+    from teellm.devmodel import make_model_dir
+    from teellm.inference import InferenceError, LLMInference
+    from teellm.server import boot as boot_mod
+    from teellm.settings import ModelSettings
+
+    model_dir = make_model_dir(tmp_path / "model")
+    signing_key = generate_signing_key()
+    publisher = write_signing_key(tmp_path / "publisher.pem", signing_key)
+    key = SecretBytes.random(32)
+    for version in (1, 2):
+        seal_model(
+            model_dir,
+            tmp_path / f"v{version}",
+            model_id=MODEL,
+            version=version,
+            signing_key=signing_key,
+            content_key=SecretBytes(key.reveal()),
+        )
+    newer = read_manifest(tmp_path / "v2")
+    monkeypatch.setattr(boot_mod, "read_manifest", lambda _dir: newer)
+    settings = ModelSettings(
+        precision="float32", batch_size=1, max_input_length=64, encryption_key=key
+    )
+    llm = LLMInference(MODEL, settings, runtime=SimulatedRuntime())
+    with pytest.raises(InferenceError) as info:
+        llm.load(tmp_path / "v1", trusted_publishers=[publisher])
+        llm.close()
+    assert info.value.code == "manifest_changed"

@@ -219,6 +219,13 @@ class LLMInference:
                 settings=settings,
                 min_version=min_version,
             )
+            # Attest only what the loader verified: the manifest read before the key
+            # release came from untrusted storage and may have been swapped since.
+            if model.manifest.digest() != manifest.digest():
+                model.close()
+                raise InferenceError(
+                    "the bundle's manifest changed while loading", code="manifest_changed"
+                )
             config = serving_config(
                 runtime=runtime,
                 settings=settings,
