@@ -174,6 +174,7 @@ def test_input_too_long_is_typed(source: ModelSource) -> None:
         assert info.value.limit == 200 and info.value.length > 200
         assert str(info.value.length) in str(info.value)
         assert engine.count_prompt_tokens(_req(0)) == len(engine.prompt_ids(_req(0)))
+        assert engine.count_prompt_tokens(req) == info.value.length  # counts, never raises
 
 
 async def test_stop_fails_in_flight_requests(source: ModelSource) -> None:

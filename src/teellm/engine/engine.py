@@ -142,10 +142,11 @@ class Engine:
         return self.scheduler.stats
 
     # -- preprocessing --------------------------------------------------------
-    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+    def prompt_ids(self, req: GenerationRequest, *, enforce_limit: bool = True) -> list[int]:
         """Token ids of the request's prompt, after normalisation and the chat template.
 
-        Raises InputTooLongError past ``max_input_length`` (never truncates).
+        Raises InputTooLongError past ``max_input_length`` (never truncates) unless
+        ``enforce_limit`` is False.
         """
         if req.messages is not None:
             text = self.tokenizer.apply_chat_template(
@@ -162,13 +163,14 @@ class Engine:
             raise InvalidRequestError("a request needs a prompt, messages or prompt_token_ids")
         if not ids:
             raise InvalidRequestError("the prompt is empty")
-        if len(ids) > self.max_input_length:
+        if enforce_limit and len(ids) > self.max_input_length:
             raise InputTooLongError(self.max_input_length, len(ids))
         return ids
 
     def count_prompt_tokens(self, req: GenerationRequest) -> int:
-        """How many tokens the request's prompt is (InputTooLongError past the limit)."""
-        return len(self.prompt_ids(req))
+        """How many tokens the request's prompt is, whatever ``max_input_length`` says
+        (compare with it; stream() and generate() raise InputTooLongError past it)."""
+        return len(self.prompt_ids(req, enforce_limit=False))
 
     def _sequence(self, req: GenerationRequest, ids: list[int], sink: Sink) -> Sequence:
         params = req.sampling
