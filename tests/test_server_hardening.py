@@ -237,3 +237,25 @@ def test_in_process_load_refuses_a_manifest_swapped_under_it(
         llm.load(tmp_path / "v1", trusted_publishers=[publisher])
         llm.close()
     assert info.value.code == "manifest_changed"
+
+
+def test_audit_verification_reports_garbage_rows_instead_of_crashing(tmp_path: Path) -> None:
+    """Whoever edits the broker's audit table may write anything: verification must
+    report the damage, not raise on it."""
+    from teellm.kbs.audit import AuditEvent
+    from teellm.kbs.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'kbs.db'}")
+    try:
+        for i in range(3):
+            store.append_audit(AuditEvent(event="challenge", decision="issued", model_id=f"m{i}"))
+        with store._tx(write=True) as tx:
+            tx.execute("UPDATE audit SET prev_hash = 'not hex' WHERE seq = 2")
+        report = store.verify_audit()
+        assert not report.ok and any("row 2" in p for p in report.problems)
+        with store._tx(write=True) as tx:
+            tx.execute("UPDATE meta SET v = 'x:y' WHERE k = 'audit_head'")
+        report = store.verify_audit()
+        assert not report.ok and any("chain head" in p for p in report.problems)
+    finally:
+        store.close()

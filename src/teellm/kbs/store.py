@@ -513,7 +513,7 @@ class Store:
         head: tuple[int, str] | None = None
         if head_row is not None:
             seq_s, _, h = str(head_row[0]).partition(":")
-            head = (int(seq_s), h)
+            head = (int(seq_s) if seq_s.isdigit() else -1, h)  # edited head: a problem
         return verify_rows([(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows], head)
 
     # -- meta --------------------------------------------------------------------------
