@@ -111,12 +111,15 @@ def test_penalties_change_greedy_output(model_dir: Path) -> None:
 
 def test_eos_finishes_with_stop(model_dir: Path) -> None:
     with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="m") as engine:
-        # Greedy from this prompt reaches an end-of-sequence token on this model.
-        outs = [engine.generate(_req(p, max_tokens=64)) for p in ("Hello", "Hi", "The", "A")]
-    stopped = [o for o in outs if o.finish_reason == "stop"]
-    assert stopped, "no prompt reached EOS"
-    for o in stopped:
-        assert o.token_ids[-1] in engine.eos_ids
+        first = engine.generate(_req("Hello", max_tokens=6, ignore_eos=True)).token_ids
+        # Declare the third greedy token an end-of-sequence token: generation stops there.
+        engine.eos_ids = frozenset({first[2]})
+        out = engine.generate(_req("Hello", max_tokens=6))
+        assert out.finish_reason == "stop"
+        assert out.token_ids == first[: first.index(first[2]) + 1]
+        assert out.text == engine.tokenizer.decode(out.token_ids[:-1])
+        ignored = engine.generate(_req("Hello", max_tokens=6, ignore_eos=True))
+        assert ignored.token_ids == first and ignored.finish_reason == "length"
 
 
 def test_int8_weight_only_runs(model_dir: Path) -> None:

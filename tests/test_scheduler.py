@@ -158,8 +158,9 @@ async def test_backpressure_pauses_a_slow_reader(source: ModelSource) -> None:
 async def test_stop_string_trims_and_finishes(source: ModelSource) -> None:
     with _engine(source, batch=2) as engine:
         full = engine.generate(_req(4, max_tokens=40)).text
-        stop = full[10:14]
-        assert len(stop) == 4 and stop not in full[:13]
+        # A 4-character piece that first occurs at or after position 10.
+        start = next(i for i in range(10, len(full) - 4) if full[i : i + 4] not in full[: i + 3])
+        stop = full[start : start + 4]
         deltas = await _collect(engine, _req(4, max_tokens=40, stop=["@@never", stop]))
     assert deltas[-1].finish_reason == "stop"
     assert "".join(d.text for d in deltas) == full[: full.index(stop)]
