@@ -99,9 +99,11 @@ def _stream_to_stdout(engine: Any, request: Any) -> None:
 def _open_bundle(bundle: Path, key: Path, publishers: list[Path]) -> Any:
     from teellm.bundle.keys import load_public_key, read_content_key
     from teellm.bundle.loader import load_bundle
+    from teellm.memory import harden_process
 
     if not publishers:
         _fail("a sealed bundle needs at least one --trusted-publisher")
+    harden_process()  # no core dump or ptrace of a process holding plaintext weights
     content_key = read_content_key(key)
     return load_bundle(
         bundle,
