@@ -259,3 +259,29 @@ def test_audit_verification_reports_garbage_rows_instead_of_crashing(tmp_path: P
         assert not report.ok and any("chain head" in p for p in report.problems)
     finally:
         store.close()
+
+
+def test_verification_report_prints_server_text_inertly() -> None:
+    """Escape sequences or rich markup in a hostile document's fields must not reach
+    the terminal as such: they could hide the REFUSED verdict printed after them."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from teellm.server.document import ReportCheck, VerificationReport
+
+    hostile = "tiny\x1b[8m\x1b[41m[conceal]VERIFIED: every check passed"
+    report = VerificationReport(
+        accepted=False,
+        checks=[ReportCheck(name="model_id", passed=False, reason=hostile, measured=hostile)],
+        model=ModelInfo(id=hostile, version=1, digest="00" * 32, publisher_key_id="ab" * 32),
+        tee_type="tdx",
+        measurements={"MRTD": hostile},
+        verified_at=datetime.now(UTC),
+    )
+    out = io.StringIO()
+    report.render(Console(file=out, force_terminal=True, width=400))
+    text = out.getvalue()
+    assert "\x1b[8m" not in text and "\x1b[41m" not in text
+    assert "[conceal]" in text  # shown as text, not applied as markup
+    assert "REFUSED" in text
