@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,14 +162,14 @@ def test_cli_generate_json(model_dir: Path) -> None:
 
 
 def test_cli_generate_sealed_bundle(bundle: dict[str, Path]) -> None:
-    pub = bundle["pub"]
+    # In a child process: the command hardens the process it runs in.
     args = ["generate", str(bundle["bundle"]), "-p", "Hello", "-n", "4", "--json"]
     missing = CliRunner().invoke(app, args)
     assert missing.exit_code == 2
-    result = CliRunner().invoke(
-        app, [*args, "--key", str(bundle["key"]), "--trusted-publisher", str(pub)]
-    )
-    assert result.exit_code == 0, result.output
+    cli = [sys.executable, "-m", "teellm.cli", *args]
+    full = [*cli, "--key", str(bundle["key"]), "--trusted-publisher", str(bundle["pub"])]
+    result = subprocess.run(full, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["usage"]["prompt_tokens"] > 0
 
 
