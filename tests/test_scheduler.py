@@ -187,3 +187,25 @@ async def test_stop_fails_in_flight_requests(source: ModelSource) -> None:
         await task
     with pytest.raises(EngineStoppedError):
         engine.generate(_req(0))
+
+
+async def test_long_prompt_is_chunked_and_does_not_stall_decoding(source: ModelSource) -> None:
+    events: list[str] = []
+
+    async def run(name: str, req: GenerationRequest) -> None:
+        async for d in engine.stream(req):
+            if d.token_ids:
+                events.append(name)
+
+    with _engine(source, batch=2, prefill_chunk=16) as engine:
+        short = asyncio.create_task(run("a", _req(0, max_tokens=80)))
+        while events.count("a") < 2:
+            await asyncio.sleep(0.001)
+        long_req = _req(3, max_tokens=4)  # the longest prompt: several 16-token chunks
+        chunks = -(-engine.count_prompt_tokens(long_req) // 16)
+        assert chunks >= 4
+        long = asyncio.create_task(run("b", long_req))
+        await asyncio.gather(short, long)
+    before_b = events[events.index("a", 2) : events.index("b")]
+    # One prefill chunk and one decode step per iteration: "a" kept decoding meanwhile.
+    assert before_b.count("a") >= chunks - 1
