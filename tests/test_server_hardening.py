@@ -285,3 +285,33 @@ def test_verification_report_prints_server_text_inertly() -> None:
     assert "\x1b[8m" not in text and "\x1b[41m" not in text
     assert "[conceal]" in text  # shown as text, not applied as markup
     assert "REFUSED" in text
+
+
+def test_broker_admin_api_answers_out_of_range_versions_with_400(tmp_path: Path) -> None:
+    """Integers beyond the database's 64 bits were an OverflowError (500 and a traceback)."""
+    from teellm.kbs.admin import new_token
+    from teellm.kbs.app import create_app as kbs_app
+    from teellm.kbs.broker import KeyBroker
+    from teellm.kbs.masterkey import MasterKeyRing, generate_master_key_file
+    from teellm.kbs.store import open_store
+
+    generate_master_key_file(tmp_path / "master.key")
+    store = open_store(f"sqlite:///{tmp_path / 'kbs.db'}")
+    broker = KeyBroker(store, MasterKeyRing.from_file(tmp_path / "master.key"))
+    token, token_hash = new_token()
+    huge = 10**20
+    try:
+        with ServerThread(kbs_app(broker, admin_token_hashes=[token_hash])) as thread:
+            auth = {"Authorization": f"Bearer {token}"}
+            base = thread.url + "/v1/admin"
+            answers = [
+                httpx.put(f"{base}/keys/m/{huge}", json={"key": "00" * 32}, headers=auth),
+                httpx.put(f"{base}/policies/m", json={"policy": {}, "version": huge}, headers=auth),
+                httpx.put(
+                    f"{base}/policies/m", json={"policy": {"min_version": huge}}, headers=auth
+                ),
+            ]
+            assert [r.status_code for r in answers] == [400, 400, 400]
+            assert httpx.get(f"{base}/audit", params={"after": huge}, headers=auth).json() == []
+    finally:
+        store.close()

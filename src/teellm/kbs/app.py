@@ -29,6 +29,7 @@ from teellm.kbs.errors import (
 from teellm.kbs.policy import ReleasePolicy
 from teellm.kbs.protocol import (
     MAX_MODEL_ID,
+    MAX_VERSION,
     AttestRequest,
     AttestResponse,
     ChallengeRequest,
@@ -54,7 +55,7 @@ class PutPolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: dict[str, Any]
-    version: int | None = Field(default=None, ge=0)
+    version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
 
 
 def _error(status: int, exc: KbsError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -200,7 +201,7 @@ def create_app(
     @app.put("/v1/admin/keys/{model_id}/{version}", status_code=201)
     def put_key(model_id: str, version: int, body: PutKeyBody, request: Request) -> dict[str, Any]:
         actor = require_admin(request)
-        if not 0 < len(model_id) <= MAX_MODEL_ID or version < 0:
+        if not 0 < len(model_id) <= MAX_MODEL_ID or not 0 <= version <= MAX_VERSION:
             raise ProtocolError("bad model id or version")
         key = SecretBytes(bytearray(decode_hex(body.key, "key", max_bytes=32)), label="content key")
         digest = (
@@ -247,6 +248,7 @@ def create_app(
     def audit(request: Request, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         require_admin(request)
         limit = max(1, min(limit, 10_000))
+        after = max(0, min(after, MAX_VERSION))  # database integers are 64-bit
         return [
             r.model_dump(mode="json")
             for r in broker.store.audit_records(after_seq=after, limit=limit)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from teellm.attestation.policy import AppraisalPolicy
 from teellm.attestation.types import AttestationError, TeeType
 from teellm.kbs.errors import KbsError
+from teellm.kbs.protocol import MAX_VERSION
 
 
 class ReleasePolicy(BaseModel):
@@ -25,7 +26,7 @@ class ReleasePolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_version: int = Field(default=0, ge=0)
+    min_version: int = Field(default=0, ge=0, le=MAX_VERSION)
     appraisal: AppraisalPolicy = Field(default_factory=AppraisalPolicy)
 
     def allows_tee_type(self, tee: str) -> bool:
