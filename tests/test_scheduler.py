@@ -209,3 +209,19 @@ async def test_long_prompt_is_chunked_and_does_not_stall_decoding(source: ModelS
     before_b = events[events.index("a", 2) : events.index("b")]
     # One prefill chunk and one decode step per iteration: "a" kept decoding meanwhile.
     assert before_b.count("a") >= chunks - 1
+
+
+@pytest.mark.timeout(60)
+def test_request_of_a_closed_event_loop_is_dropped(source: ModelSource) -> None:
+    with _engine(source, batch=1, max_backlog=2) as engine:
+
+        async def start_and_abandon() -> None:
+            stream = engine.stream(_req(1, max_tokens=150))
+            await stream.__anext__()  # submitted; the loop then closes with it unread
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(start_and_abandon())
+        loop.close()
+        # The slot must come free for the next request (batch size 1).
+        assert len(engine.generate(_req(0, max_tokens=5)).token_ids) == 5
+        assert engine.scheduler.load() == (0, 0)

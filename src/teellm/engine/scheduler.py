@@ -222,6 +222,9 @@ class Scheduler:
             push_many(items)
 
     def _drop_cancelled(self) -> None:
+        for seq in self._active + list(self._waiting):
+            if seq.sink.closed:  # the reader's event loop is gone: nobody will read
+                seq.cancelled = True
         for seq in [s for s in self._active if s.cancelled and not s.done]:
             self._finish(seq, "cancelled")
         self._release_finished()
