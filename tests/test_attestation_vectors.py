@@ -209,7 +209,7 @@ def test_nitro_outside_validity_window(vectors: Path) -> None:
 
 
 def test_nvidia_hopper_report(vectors: Path) -> None:
-    gpu_ok = AppraisalPolicy(allowed_tee_types=["nvidia"])
+    gpu_ok = AppraisalPolicy(allowed_tee_types=[TeeType.NVIDIA])
     d = verify_and_appraise(_gpu(vectors), gpu_ok, expected_report_data=GPU_NONCE, now=SNP_AT)
     assert d.accepted, d.reasons
     assert d.claims and d.claims.report_data == GPU_NONCE.hex()

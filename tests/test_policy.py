@@ -151,7 +151,7 @@ def test_bare_gpu_evidence_needs_an_explicit_policy() -> None:
     gpu = _claims(tee_type=TeeType.NVIDIA, report_data=gpu_nonce(RD).hex())
     assert _appraise(gpu, AppraisalPolicy())["tee_type"] is False
     assert not ReleasePolicy().allows_tee_type("nvidia")
-    explicit = AppraisalPolicy(allowed_tee_types=["nvidia"])
+    explicit = AppraisalPolicy(allowed_tee_types=[TeeType.NVIDIA])
     assert all(_appraise(gpu, explicit).values())
     assert ReleasePolicy(appraisal=explicit).allows_tee_type("nvidia")
     # The CPU TEE types stay allowed by default.
