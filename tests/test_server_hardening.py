@@ -1,8 +1,9 @@
-"""Security regressions of the server app: what an unexpected failure may reveal.
+"""Security regressions: server, boot, local proxy, key broker, verification report.
 
-The engine here is a stand-in that fails on purpose with the prompt in its error
-message (the real engine cannot be made to fail on demand); everything else is
-real: uvicorn on loopback, the envelope, access control, receipts.
+The first tests use an engine stand-in that fails on purpose with the prompt in its
+error message (the real engine cannot be made to fail on demand); everything else
+is real: uvicorn on loopback, the envelope, access control, receipts, sealed
+bundles, SQLite.
 """
 
 from __future__ import annotations
