@@ -200,3 +200,17 @@ def test_stop_matches_reference(text: str, stops: list[str], cuts: list[int]) ->
     hits = [text.find(s) for s in stops if s in text]
     expected = text[: min(hits)] if hits else text
     assert _run_stops(chunks, stops) == (expected, bool(hits))
+
+
+def test_generation_tag_and_pipeline_imports_alone() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from teellm.pipeline.chat import ChatTemplate\n"
+        "t = ChatTemplate(\"{% for m in messages %}{% generation %}{{ m['content'] }}"
+        '{% endgeneration %}{% endfor %}")\n'
+        "print(t.render([{'role': 'assistant', 'content': 'yo'}], add_generation_prompt=False))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "yo"

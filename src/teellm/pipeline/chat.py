@@ -13,6 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from teellm.engine.errors import InvalidModelError, InvalidRequestError
@@ -25,6 +28,17 @@ class TemplateRaised(InvalidRequestError):
     """The chat template rejected the conversation (``raise_exception`` was called)."""
 
     code = "chat_template_rejected"
+
+
+class _GenerationTag(Extension):
+    """``{% generation %}...{% endgeneration %}`` (marks assistant text for training
+    masks in Hugging Face); rendering just emits the body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        next(parser.stream)
+        return list(parser.parse_statements(("name:endgeneration",), drop_needle=True))
 
 
 def _raise_exception(message: str) -> None:
@@ -44,7 +58,9 @@ class ChatTemplate:
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=["jinja2.ext.loopcontrols", _GenerationTag],
         )
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
