@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from teellm.attestation import AppraisalPolicy, Decision, Evidence, TeeType, verify_and_appraise
 from teellm.attestation.snp.certs import build_cert_table
 
-LAX = AppraisalPolicy(require_report_data=False)
-DEBUG_OK = AppraisalPolicy(require_report_data=False, allow_debug=True)
-STRICT = AppraisalPolicy(require_report_data=False)
+LAX = AppraisalPolicy(allow_any_measurement=True, require_report_data=False)
+DEBUG_OK = AppraisalPolicy(allow_any_measurement=True, require_report_data=False, allow_debug=True)
+STRICT = AppraisalPolicy(allow_any_measurement=True, require_report_data=False)
 TDX_AT = datetime(2025, 7, 1, tzinfo=UTC)
 TDX_EXPIRED_AT = datetime(2026, 11, 26, tzinfo=UTC)
 TDX5_AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -108,6 +108,7 @@ def test_sgx_v3_signature_valid_strict_policy_rejects(vectors: Path) -> None:
     assert d.claims.advisories == ["INTEL-SA-00289", "INTEL-SA-00615"]
     assert set(_failed(d)) == {"tcb_status", "advisories"}
     lenient = AppraisalPolicy(
+        allow_any_measurement=True,
         require_report_data=False,
         accepted_tcb_statuses=["UpToDate", "ConfigurationAndSWHardeningNeeded"],
         allowed_advisories=["INTEL-SA-00289", "INTEL-SA-00615"],
@@ -135,8 +136,14 @@ def test_snp_milan_report2_valid(vectors: Path) -> None:
     assert d.claims.extra["product_line"] == "milan"
     assert d.claims.tcb["snp"] == 8 and d.claims.tcb["microcode"] == 0x73
     expected = bytes.fromhex(d.claims.report_data)
-    bound = verify_and_appraise(ev, AppraisalPolicy(), expected_report_data=expected, now=SNP_AT)
-    assert bound.accepted
+    pinned = AppraisalPolicy(
+        measurements={"snp": {"MEASUREMENT": [d.claims.measurements["MEASUREMENT"]]}}
+    )
+    bound = verify_and_appraise(ev, pinned, expected_report_data=expected, now=SNP_AT)
+    assert bound.accepted, bound.reasons
+    # The default policy pins no code, so it refuses hardware evidence outright.
+    unpinned = verify_and_appraise(ev, AppraisalPolicy(), expected_report_data=expected, now=SNP_AT)
+    assert set(_failed(unpinned)) == {"measurements"}
 
 
 @pytest.mark.parametrize("vcek", ["milan_vcek2_invalid_legacy.der", "milan_vcek2_invalid_new.der"])
@@ -209,7 +216,7 @@ def test_nitro_outside_validity_window(vectors: Path) -> None:
 
 
 def test_nvidia_hopper_report(vectors: Path) -> None:
-    gpu_ok = AppraisalPolicy(allowed_tee_types=[TeeType.NVIDIA])
+    gpu_ok = AppraisalPolicy(allowed_tee_types=[TeeType.NVIDIA], allow_any_measurement=True)
     d = verify_and_appraise(_gpu(vectors), gpu_ok, expected_report_data=GPU_NONCE, now=SNP_AT)
     assert d.accepted, d.reasons
     assert d.claims and d.claims.report_data == GPU_NONCE.hex()
@@ -410,7 +417,9 @@ def test_composite_rejects_spliced_gpu_report(vectors: Path) -> None:
     )
     d = verify_and_appraise(composite, LAX, expected_report_data=None, now=SNP_AT)
     assert not d.accepted and "gpu_nonce_mismatch" in _failed(d)["evidence"]
-    require = AppraisalPolicy(require_report_data=False, require_gpu=True)
+    require = AppraisalPolicy(
+        allow_any_measurement=True, require_report_data=False, require_gpu=True
+    )
     d = verify_and_appraise(cpu, require, expected_report_data=None, now=SNP_AT)
     assert not d.accepted and "gpu" in _failed(d)
 

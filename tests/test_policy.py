@@ -125,8 +125,19 @@ def _appraise(claims: Claims, policy: AppraisalPolicy) -> dict[str, bool]:
     return {c.name: c.passed for c in appraise(claims, policy, expected_report_data=RD, now=now)}
 
 
+def test_hardware_evidence_without_a_measurement_allowlist_is_refused() -> None:
+    # Without an allowlist any code in an operator-controlled VM would pass.
+    for tee in ["tdx", "sgx", "snp", "nitro"]:
+        assert _appraise(_claims(tee_type=tee), AppraisalPolicy())["measurements"] is False
+    opted_out = AppraisalPolicy(allow_any_measurement=True)
+    assert _appraise(_claims(), opted_out)["measurements"] is True
+    pinned = AppraisalPolicy(measurements={"tdx": {"MRTD": ["aa" * 48]}})
+    assert _appraise(_claims(measurements={"MRTD": "aa" * 48}), pinned)["measurements"] is True
+    assert _appraise(_claims(measurements={"MRTD": "bb" * 48}), pinned)["measurements"] is False
+
+
 def test_tcb_status_advisories_min_tcb_debug() -> None:
-    policy = AppraisalPolicy()
+    policy = AppraisalPolicy(allow_any_measurement=True)
     assert all(_appraise(_claims(tcb_status="UpToDate"), policy).values())
     assert _appraise(_claims(tcb_status="OutOfDate"), policy)["tcb_status"] is False
     assert _appraise(_claims(advisories=["INTEL-SA-1"]), policy)["advisories"] is False
@@ -151,7 +162,7 @@ def test_bare_gpu_evidence_needs_an_explicit_policy() -> None:
     gpu = _claims(tee_type=TeeType.NVIDIA, report_data=gpu_nonce(RD).hex())
     assert _appraise(gpu, AppraisalPolicy())["tee_type"] is False
     assert not ReleasePolicy().allows_tee_type("nvidia")
-    explicit = AppraisalPolicy(allowed_tee_types=[TeeType.NVIDIA])
+    explicit = AppraisalPolicy(allowed_tee_types=[TeeType.NVIDIA], allow_any_measurement=True)
     assert all(_appraise(gpu, explicit).values())
     assert ReleasePolicy(appraisal=explicit).allows_tee_type("nvidia")
     # The CPU TEE types stay allowed by default.

@@ -44,6 +44,9 @@ class AppraisalPolicy(BaseModel):
 
     allowed_tee_types: list[TeeType] = Field(default_factory=lambda: list(DEFAULT_TEE_TYPES))
     measurements: dict[TeeType, dict[str, list[str]]] = Field(default_factory=dict)
+    # Without an allowlist any code in an operator-controlled VM would pass, so
+    # hardware evidence with no measurement rules is refused unless this says so.
+    allow_any_measurement: bool = False
     allow_debug: bool = False
     allow_simulated: bool = False
     accepted_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
@@ -159,7 +162,14 @@ def appraise(
 def _measurement_check(claims: Claims, policy: AppraisalPolicy) -> Check:
     rules = policy.measurements.get(claims.tee_type, {})
     if not rules:
-        return _check("measurements", True, "no allowlist configured for this TEE type")
+        if claims.simulated or policy.allow_any_measurement:
+            return _check("measurements", True, "no allowlist configured for this TEE type")
+        return _check(
+            "measurements",
+            False,
+            f"no allowlist configured for {claims.tee_type.value}: any code would pass "
+            "(set measurements, or allow_any_measurement: true)",
+        )
     bad = [
         reg
         for reg, allowed in rules.items()
