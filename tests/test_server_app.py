@@ -435,7 +435,25 @@ def test_no_prompt_or_output_in_logs_or_metrics(
         for out in outputs:
             if len(out.strip()) >= 8:
                 assert out not in text
-    assert "teellm_tokens" in metrics
+    assert "teellm_request_tokens" in metrics
+    # Only padded size buckets: no exact token totals, no tenant names.
+    assert "teellm_request_tokens_total{" in metrics and "bucket=\"" in metrics
+    assert "tenant=" not in metrics
+
+
+def test_token_metric_buckets_hide_exact_lengths() -> None:
+    from teellm.server.metrics import token_bucket
+
+    assert [token_bucket(n) for n in (0, 1, 16, 17, 33, 1000, 8192, 8193)] == [
+        "16",
+        "16",
+        "16",
+        "32",
+        "64",
+        "1024",
+        "8192",
+        "more",
+    ]
 
 
 _json_values = st.recursive(

@@ -466,9 +466,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     def _count_tokens(call: _Call, usage: Usage | None) -> None:
         if usage is None:
             return
-        labels = {"tenant": call.tenant.name, "model": ctx.model_id}
-        metrics.tokens.labels(kind="prompt", **labels).inc(usage.prompt_tokens)
-        metrics.tokens.labels(kind="completion", **labels).inc(usage.completion_tokens)
+        metrics.count_tokens("prompt", usage.prompt_tokens)
+        metrics.count_tokens("completion", usage.completion_tokens)
 
     async def _guarded(
         call_endpoint: str, request: Request, handler: Callable[[_Call], Awaitable[Response]]

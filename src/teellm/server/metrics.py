@@ -29,10 +29,13 @@ class ServerMetrics:
             ["endpoint", "status", "mode"],
             registry=r,
         )
+        # Exact token counts scraped between two requests would give away each
+        # answer's length, which the envelope's padding hides; so only a count of
+        # requests per power-of-two size bucket, with no tenant label.
         self.tokens = Counter(
-            "teellm_tokens",
-            "Tokens processed, by tenant, model and kind (prompt or completion)",
-            ["tenant", "model", "kind"],
+            "teellm_request_tokens",
+            "Requests by kind (prompt or completion) and token count rounded up to a power of two",
+            ["kind", "bucket"],
             registry=r,
         )
         self.latency = Histogram(
@@ -65,5 +68,18 @@ class ServerMetrics:
         )
         self.ready = Gauge("teellm_ready", "1 when the server is ready to serve", registry=r)
 
+    def count_tokens(self, kind: str, n: int) -> None:
+        self.tokens.labels(kind=kind, bucket=token_bucket(n)).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def token_bucket(n: int) -> str:
+    """The label for ``n`` tokens: the next power of two, at least 16, "more" past 8192."""
+    bucket = 16
+    while bucket < n:
+        bucket *= 2
+        if bucket > 8192:
+            return "more"
+    return str(bucket)
