@@ -249,8 +249,14 @@ def main() -> None:
     cases.append(run_case("simulated", sim_policy, None, True, n, args.concurrency, procs, rounds))
     tdx_quote = VECTORS / "tdx" / "tdx_v4_quote.bin"
     if tdx_quote.is_file():
+        mrtd = tdx_quote.read_bytes()[0xB8 : 0xB8 + 48].hex()  # the TD's launch measurement
         tdx_policy = ReleasePolicy.from_data(
-            {"min_version": 1, "allowed_tee_types": ["tdx"], "require_report_data": False}
+            {
+                "min_version": 1,
+                "allowed_tee_types": ["tdx"],
+                "measurements": {"tdx": {"MRTD": [mrtd]}},
+                "require_report_data": False,
+            }
         )
         cases.append(run_case("tdx", tdx_policy, TDX_AT, False, n, args.concurrency, procs, rounds))
     result = {

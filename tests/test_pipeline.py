@@ -173,6 +173,9 @@ def _run_stops(chunks: list[str], stops: list[str]) -> tuple[str, bool]:
 
 
 def test_stop_string_across_chunks() -> None:
+    # 'b' completes before the longer 'SbS' could: generation stops there.
+    assert _run_stops(["Sb", "S"], ["b", "SbS"]) == ("S", True)
+    assert _run_stops(["SbS"], ["b", "SbS"]) == ("", True)
     assert _run_stops(["Hello wo", "rld! E", "ND more"], ["END"]) == ("Hello world! ", True)
     assert _run_stops(["ab", "c"], ["bcd"]) == ("abc", False)
     assert _run_stops(["x<", "|", "stop|>y"], ["<|stop|>", "zz"]) == ("x", True)
@@ -197,9 +200,17 @@ def test_stop_matches_reference(text: str, stops: list[str], cuts: list[int]) ->
         chunks.append(text[i : i + n])
         i += n
     chunks.append(text[i:])
-    hits = [text.find(s) for s in stops if s in text]
-    expected = text[: min(hits)] if hits else text
-    assert _run_stops(chunks, stops) == (expected, bool(hits))
+    # Generation stops at the first chunk after which some stop string is complete,
+    # cut before the earliest stop string present by then (a longer stop string that
+    # would only complete later cannot count: the text after the stop is never made).
+    seen, expected, hit = "", text, False
+    for chunk in chunks:
+        seen += chunk
+        hits = [seen.find(s) for s in stops if s in seen]
+        if hits:
+            expected, hit = seen[: min(hits)], True
+            break
+    assert _run_stops(chunks, stops) == (expected, hit)
 
 
 def test_generation_tag_and_pipeline_imports_alone() -> None:
