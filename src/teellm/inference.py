@@ -25,13 +25,13 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from teellm.attestation.types import TEERuntime
+from teellm.closing import Closing
 from teellm.crypto import envelope, receipts
 from teellm.crypto.hpke import Kem
 from teellm.crypto.secret import SecretBytes
@@ -139,7 +139,7 @@ class _Prepared:
     sealer: envelope.ResponseSealer | None
 
 
-class LLMInference:
+class LLMInference(Closing):
     """A model served inside a TEE runtime, in process (the seed's type)."""
 
     def __init__(
@@ -251,17 +251,6 @@ class LLMInference:
             booted.model.close()
         if self.model_config.encryption_key is not None:
             self.model_config.encryption_key.zeroize()
-
-    def __enter__(self) -> LLMInference:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def loaded(self) -> _Loaded:

@@ -7,7 +7,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import torch
 from cryptography.exceptions import InvalidTag
@@ -31,6 +30,7 @@ from teellm.bundle.errors import (
 from teellm.bundle.keys import key_id
 from teellm.bundle.manifest import FileEntry, Manifest, read_manifest
 from teellm.bundle.tensors import tensors_from_buffer
+from teellm.closing import Closing
 from teellm.crypto.secret import SecretBytes
 from teellm.memory import ProtectedBuffer, ProtectedMemoryError, ProtectionReport
 
@@ -40,7 +40,7 @@ ALIGN = 4096  # every file starts page-aligned, so tensor data is aligned too
 Progress = Callable[[int], None]
 
 
-class LoadedBundle:
+class LoadedBundle(Closing):
     """A verified bundle in protected memory.
 
     ``files`` maps every file name to a read-only view of its plaintext; ``tensors``
@@ -75,17 +75,6 @@ class LoadedBundle:
         self.files = {}
         self.tensors = {}
         self._buffer.close()
-
-    def __enter__(self) -> LoadedBundle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         m = self.manifest

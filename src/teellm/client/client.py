@@ -24,6 +24,7 @@ from teellm.client.transport import (
     ServerSession,
     VerifyingTransport,
 )
+from teellm.closing import Closing
 from teellm.crypto.receipts import Receipt
 from teellm.errors import TeellmError
 from teellm.server.document import ClientPolicy, VerificationReport
@@ -120,7 +121,7 @@ class _Base:
         return self.session.document.model.id
 
 
-class Client(_Base):
+class Client(_Base, Closing):
     """Synchronous verifying client.
 
     Verification happens in the constructor (``verify=False`` defers it to the
@@ -209,17 +210,6 @@ class Client(_Base):
 
     def close(self) -> None:
         self.http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class AsyncClient(_Base):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from types import TracebackType
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
 from teellm.attestation.types import TEERuntime
+from teellm.closing import Closing
 from teellm.crypto.secret import SecretBytes, zeroize
 from teellm.kbs.errors import BrokerUnavailable, KeyReleaseDenied, ProtocolError, RateLimited
 from teellm.kbs.protocol import (
@@ -36,7 +36,7 @@ class _Retryable(Exception):
     """A transient failure: connection error or 5xx; the whole exchange is retried."""
 
 
-class KeyBrokerClient:
+class KeyBrokerClient(Closing):
     """Fetches model content keys from a key broker over HTTP.
 
     Connection failures and 5xx answers are retried with exponential backoff
@@ -64,17 +64,6 @@ class KeyBrokerClient:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> KeyBrokerClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def fetch_key(
         self, model_id: str, version: int, runtime: TEERuntime, *, manifest_digest: bytes = b""

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from types import TracebackType
 
+from teellm.closing import Closing
 from teellm.memory import _libc
 from teellm.memory.process import process_state
 from teellm.memory.report import ProtectionReport
@@ -36,7 +36,7 @@ def _memfd_secret_fd() -> tuple[int, str | None]:
     return int(fd), None
 
 
-class ProtectedBuffer:
+class ProtectedBuffer(Closing):
     """``size`` writable bytes in protected memory; ``close()`` zeroizes and releases.
 
     ``view`` is a writable memoryview; tensors and memoryviews derived from it keep
@@ -205,17 +205,6 @@ class ProtectedBuffer:
             finally:
                 lib.munmap(self._addr, self._mapped)
                 self._addr = 0
-
-    def __enter__(self) -> ProtectedBuffer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         kind = "memfd_secret" if self._report.memfd_secret else "anonymous"
