@@ -179,3 +179,17 @@ def test_model_settings_take_an_access_policy() -> None:
     assert ModelSettings().access_control is None
     with pytest.raises(pydantic.ValidationError):
         ModelSettings(access_control=42)
+
+
+def test_rate_limiter_forgets_idle_buckets_when_there_are_many() -> None:
+    from teellm.server.access import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(lambda: now[0])
+    limiter.MAX_KEYS = 100
+    for i in range(100):
+        assert limiter.take(f"addr{i}", 1) == 0.0
+    assert limiter.take("addr0", 1) > 0  # still limited while remembered
+    now[0] = 61.0
+    assert limiter.take("new", 1) == 0.0
+    assert len(limiter) == 1  # the idle, refilled buckets were dropped

@@ -205,6 +205,11 @@ def test_attestation_bad_nonce_and_rate_limit(srv: Srv) -> None:
         for _ in range(5)
     ]
     assert 429 in codes
+    # The limit is per client address: another caller still gets fresh evidence.
+    other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    with other:
+        r = other.get(srv.url + "/v1/attestation", params={"nonce": "02" * 16})
+    assert r.status_code == 200
     # The boot document (no nonce) is cached and never rate limited.
     assert httpx.get(srv.url + "/v1/attestation").status_code == 200
 

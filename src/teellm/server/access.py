@@ -75,18 +75,33 @@ class Tenant(BaseModel):
 
 
 class RateLimiter:
-    """Per-tenant token bucket: ``rpm`` requests per minute, bursts up to ``rpm``."""
+    """Token bucket per key (tenant, client address): ``rpm`` requests per minute,
+    bursts up to ``rpm``.
+
+    Keys can come from outside (addresses), so buckets idle for over a minute, which
+    are full again and hold no state worth keeping, are dropped once there are many.
+    """
+
+    MAX_KEYS = 10_000
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _prune(self, now: float) -> None:
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
+
     def take(self, key: str, rpm: int) -> float:
         """Consume one request; 0.0 if allowed, else seconds until one is free."""
         rate = rpm / 60.0
         with self._lock:
             now = self._clock()
+            if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
+                self._prune(now)
             tokens, last = self._buckets.get(key, (float(rpm), now))
             tokens = min(float(rpm), tokens + (now - last) * rate)
             if tokens >= 1.0:

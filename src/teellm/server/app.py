@@ -192,7 +192,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     # ------------------------------------------------------------ attestation
 
     @app.get("/v1/attestation")
-    async def attestation(nonce: str | None = None) -> JSONResponse:
+    async def attestation(request: Request, nonce: str | None = None) -> JSONResponse:
         nonce_bytes: bytes | None = None
         if nonce is not None:
             try:
@@ -205,7 +205,9 @@ def create_app(ctx: ServerContext) -> FastAPI:
                     code="invalid_nonce",
                     param="nonce",
                 )
-            wait = attest_limiter.take("fresh", ctx.limits.attestation_per_minute)
+            # Per client address, so one caller cannot use up everyone's verifications.
+            client = request.client.host if request.client else "-"
+            wait = attest_limiter.take(client, ctx.limits.attestation_per_minute)
             if wait > 0:
                 raise ApiError(
                     "too many fresh attestation requests",

@@ -37,7 +37,10 @@ def serve(
     min_version: int | None = typer.Option(None, "--min-version", help="Refuse older bundles."),
     kem: str = typer.Option("mlkem768-x25519", "--kem", help="mlkem768-x25519 or x25519."),
     attestation_rpm: int = typer.Option(
-        120, "--attestation-rpm", min=1, help="Fresh attestation documents (with nonce) per minute."
+        120,
+        "--attestation-rpm",
+        min=1,
+        help="Fresh attestation documents (with nonce) per minute and client address.",
     ),
     access_log: bool = typer.Option(False, "--access-log", help="Log method, path, status."),
     log_level: str = typer.Option("info", "--log-level"),
