@@ -123,6 +123,19 @@ def test_verify_plaintext_off_still_loads(sealed) -> None:  # type: ignore[no-un
         assert len(loaded.tensors) == 21
 
 
+def test_expected_digest_pins_the_manifest(sealed) -> None:  # type: ignore[no-untyped-def]
+    from teellm.bundle.errors import ManifestChangedError
+
+    res, sk, _ = sealed
+    args = {"content_key": res.content_key, "trusted_publishers": [sk.public_key()], "workers": 1}
+    digest = res.manifest.digest()
+    with load_bundle(res.bundle_dir, expected_digest=digest, **args) as loaded:
+        assert loaded.manifest.digest() == digest
+    other = bytes([digest[0] ^ 1]) + digest[1:]
+    with pytest.raises(ManifestChangedError):
+        load_bundle(res.bundle_dir, expected_digest=other, **args)
+
+
 def test_no_plaintext_weight_byte_reaches_disk(tmp_path: Path) -> None:
     canary = os.urandom(32)
     pattern = torch.frombuffer(bytearray(canary * 2048), dtype=torch.uint8).clone()

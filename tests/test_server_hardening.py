@@ -129,19 +129,17 @@ def test_unexpected_error_is_sealed_and_not_logged(
     assert CANARY not in server_log.getvalue()
 
 
-def test_boot_refuses_a_manifest_swapped_under_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Storage answers the boot's first manifest read with another genuine manifest of
-    the same publisher (version 2) than the bundle then loaded (version 1): the server
-    must not attest version 2 while serving version 1."""
+@pytest.fixture
+def swapped_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Any]:
+    """Versions 1 and 2 sealed under one key; storage answers the boot's first manifest
+    read with version 2's genuine manifest while the bundle itself is version 1.
+    Returns (bundle dir, publisher key file, content key)."""
     from teellm.bundle.keys import generate_signing_key, write_signing_key
     from teellm.bundle.manifest import read_manifest
     from teellm.bundle.seal import seal_model
     from teellm.crypto.secret import SecretBytes
     from teellm.devmodel import make_model_dir
     from teellm.server import boot as boot_mod
-    from teellm.settings import ModelSettings
 
     model_dir = make_model_dir(tmp_path / "model")
     signing_key = generate_signing_key()
@@ -158,17 +156,45 @@ def test_boot_refuses_a_manifest_swapped_under_it(
         )
     newer = read_manifest(tmp_path / "v2")
     monkeypatch.setattr(boot_mod, "read_manifest", lambda _dir: newer)
+    return tmp_path / "v1", publisher, key
+
+
+def test_boot_refuses_a_manifest_swapped_under_it(swapped_bundle: tuple[Path, Path, Any]) -> None:
+    """The server must not attest version 2 while serving version 1."""
+    from teellm.bundle.errors import ManifestChangedError
+    from teellm.server import boot as boot_mod
+    from teellm.settings import ModelSettings
+
+    bundle, publisher, key = swapped_bundle
     opts = boot_mod.BootOptions(
-        bundle=tmp_path / "v1",
+        bundle=bundle,
         trusted_publishers=[publisher],
         access=AccessPolicy(),
         content_key=key,
         settings=ModelSettings(precision="float32", batch_size=1, max_input_length=64),
     )
-    with pytest.raises(boot_mod.BootError) as info:
+    with pytest.raises(ManifestChangedError) as info:
         booted = boot_mod.boot(opts, runtime=SimulatedRuntime())
         booted.close()
     assert info.value.code == "manifest_changed"
+
+
+def test_in_process_load_refuses_a_manifest_swapped_under_it(
+    swapped_bundle: tuple[Path, Path, Any],
+) -> None:
+    """The same swap, through ``LLMInference.load``."""
+    from teellm.bundle.errors import ManifestChangedError
+    from teellm.inference import LLMInference
+    from teellm.settings import ModelSettings
+
+    bundle, publisher, key = swapped_bundle
+    settings = ModelSettings(
+        precision="float32", batch_size=1, max_input_length=64, encryption_key=key
+    )
+    llm = LLMInference(MODEL, settings, runtime=SimulatedRuntime())
+    with pytest.raises(ManifestChangedError):
+        llm.load(bundle, trusted_publishers=[publisher])
+        llm.close()
 
 
 def test_local_proxy_refuses_requests_a_web_page_could_make() -> None:
@@ -200,44 +226,6 @@ def test_local_proxy_refuses_requests_a_web_page_could_make() -> None:
         for headers in allowed:
             r = httpx.get(thread.url + "/teellm/report", headers=headers)
             assert r.status_code == 503 and r.json()["error"]["code"] == "not_verified"
-
-
-def test_in_process_load_refuses_a_manifest_swapped_under_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same swap as above, through ``LLMInference.load``."""
-    from teellm.bundle.keys import generate_signing_key, write_signing_key
-    from teellm.bundle.manifest import read_manifest
-    from teellm.bundle.seal import seal_model
-    from teellm.crypto.secret import SecretBytes
-    from teellm.devmodel import make_model_dir
-    from teellm.inference import InferenceError, LLMInference
-    from teellm.server import boot as boot_mod
-    from teellm.settings import ModelSettings
-
-    model_dir = make_model_dir(tmp_path / "model")
-    signing_key = generate_signing_key()
-    publisher = write_signing_key(tmp_path / "publisher.pem", signing_key)
-    key = SecretBytes.random(32)
-    for version in (1, 2):
-        seal_model(
-            model_dir,
-            tmp_path / f"v{version}",
-            model_id=MODEL,
-            version=version,
-            signing_key=signing_key,
-            content_key=SecretBytes(key.reveal()),
-        )
-    newer = read_manifest(tmp_path / "v2")
-    monkeypatch.setattr(boot_mod, "read_manifest", lambda _dir: newer)
-    settings = ModelSettings(
-        precision="float32", batch_size=1, max_input_length=64, encryption_key=key
-    )
-    llm = LLMInference(MODEL, settings, runtime=SimulatedRuntime())
-    with pytest.raises(InferenceError) as info:
-        llm.load(tmp_path / "v1", trusted_publishers=[publisher])
-        llm.close()
-    assert info.value.code == "manifest_changed"
 
 
 def test_audit_verification_reports_garbage_rows_instead_of_crashing(tmp_path: Path) -> None:

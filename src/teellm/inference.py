@@ -217,15 +217,9 @@ class LLMInference(Closing):
                 content_key=settings.encryption_key,
                 trusted_publishers=publishers,
                 settings=settings,
+                expected_digest=manifest.digest(),
                 min_version=min_version,
             )
-            # Attest only what the loader verified: the manifest read before the key
-            # release came from untrusted storage and may have been swapped since.
-            if model.manifest.digest() != manifest.digest():
-                model.close()
-                raise InferenceError(
-                    "the bundle's manifest changed while loading", code="manifest_changed"
-                )
             config = serving_config(
                 runtime=runtime,
                 settings=settings,

@@ -81,6 +81,12 @@ class ContentCommitmentError(BundleError):
     code = "content_commitment_mismatch"
 
 
+class ManifestChangedError(BundleError):
+    """The bundle's manifest is not the one the caller released the key for."""
+
+    code = "manifest_changed"
+
+
 class BundleExistsError(BundleError):
     """The output directory of ``seal`` already holds files."""
 

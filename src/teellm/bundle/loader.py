@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from teellm.bundle.errors import (
     ChunkAuthError,
     ContentCommitmentError,
     FileTruncatedError,
+    ManifestChangedError,
     RollbackError,
     UntrustedPublisherError,
     WrongContentKeyError,
@@ -124,6 +126,7 @@ def load_bundle(
     content_key: SecretBytes,
     trusted_publishers: Sequence[Ed25519PublicKey],
     min_version: int | None = None,
+    expected_digest: bytes | None = None,
     verify_plaintext: bool = False,
     prefer_secret: bool = True,
     progress: Progress | None = None,
@@ -139,12 +142,17 @@ def load_bundle(
     (``teellm verify`` does): the key commitment and the ciphertext digests already
     fix the plaintext uniquely (see docs/sealed-format.md), so a load need not pay a
     second SHA-256 pass.
+    ``expected_digest`` is the manifest digest the caller attested and released the key
+    for: storage is untrusted and may swap in another genuine manifest between that
+    read and this one.
     ``prefer_secret=False`` uses locked anonymous memory instead of memfd_secret
     (whose first-touch page faults are slow on some kernels; see docs/benchmarks.md);
     ``protection`` reports which one holds.
     """
     root = Path(bundle_dir)
     manifest = read_manifest(root)
+    if expected_digest is not None and not hmac.compare_digest(manifest.digest(), expected_digest):
+        raise ManifestChangedError("the bundle's manifest is not the one the key was released for")
     check_trust(manifest, trusted_publishers, min_version)
     check_key(manifest, content_key)
     fds = open_data(root, manifest)

@@ -130,10 +130,12 @@ def open_model(
     content_key: SecretBytes,
     trusted_publishers: Sequence[Ed25519PublicKey],
     settings: ModelSettings,
+    expected_digest: bytes,
     min_version: int | None = None,
     warm_up: bool = True,
 ) -> OpenedModel:
-    """Open the sealed bundle into protected memory and start a warmed-up engine."""
+    """Open the sealed bundle whose manifest digest is ``expected_digest`` (the one
+    attested and released for) into protected memory; start a warmed-up engine."""
     from teellm.bundle.loader import load_bundle
     from teellm.engine import Engine
     from teellm.engine.source import ModelSource
@@ -143,6 +145,7 @@ def open_model(
         content_key=content_key,
         trusted_publishers=list(trusted_publishers),
         min_version=min_version,
+        expected_digest=expected_digest,
     )
     try:
         engine = Engine(
@@ -284,16 +287,12 @@ def boot(opts: BootOptions, *, runtime: TEERuntime | None = None) -> BootedServe
             content_key=content_key,
             trusted_publishers=publishers,
             settings=opts.settings,
+            expected_digest=manifest.digest(),
             min_version=opts.min_version,
         )
     finally:
         if opts.content_key is None:
             content_key.zeroize()
-    # The manifest was read from untrusted storage before the key release; the
-    # bundle loader read (and checked) it again. Attest only what was loaded.
-    if model.manifest.digest() != manifest.digest():
-        model.close()
-        raise BootError("the bundle's manifest changed while booting", code="manifest_changed")
     docs = DocumentSource(
         attestor,
         manifest=manifest,
