@@ -21,6 +21,15 @@ def _run(*args: str) -> tuple[int, str]:
     return res.exit_code, res.output
 
 
+def _seal(
+    model: Path, key: Path, out: Path, *extra: str, model_id: str = "m", version: int = 1
+) -> tuple[int, str]:
+    return _run(
+        "seal", str(model), "--model-id", model_id, "--version", str(version),
+        "--signing-key", str(key), "--out", str(out), *extra,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
@@ -29,23 +38,11 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert code == 0, out
     info = json.loads(out)
     assert info["public_key_file"] == str(root / "publisher.pub") and len(info["key_id"]) == 64
-    code, out = _run(
-        "seal",
-        str(model),
-        "--model-id",
-        "dev/tiny",
-        "--version",
-        "2",
-        "--signing-key",
-        str(root / "publisher.key"),
-        "--out",
-        str(root / "bundle"),
-        "--key-out",
-        str(root / "content.key"),
-        "--chunk-size",
-        "4096",
-        "--json",
-    )
+    code, out = _seal(
+        model, root / "publisher.key", root / "bundle",
+        "--key-out", str(root / "content.key"), "--chunk-size", "4096", "--json",
+        model_id="dev/tiny", version=2,
+    )  # fmt: skip
     assert code == 0, out
     sealed = json.loads(out)
     assert sealed["ok"] and "content_key" not in sealed and sealed["version"] == 2
@@ -60,18 +57,8 @@ def test_keygen_refuses_overwrite_and_prints_id(published: dict[str, Path]) -> N
 
 
 def test_seal_prints_key_once_without_key_out(published: dict[str, Path], tmp_path: Path) -> None:
-    code, out = _run(
-        "seal",
-        str(published["model"]),
-        "--model-id",
-        "m",
-        "--version",
-        "1",
-        "--signing-key",
-        str(published["root"] / "publisher.key"),
-        "--out",
-        str(tmp_path / "b"),
-        "--json",
+    code, out = _seal(
+        published["model"], published["root"] / "publisher.key", tmp_path / "b", "--json"
     )
     assert code == 0, out
     key_hex = json.loads(out)["content_key"]
@@ -93,18 +80,8 @@ def test_seal_prints_key_once_without_key_out(published: dict[str, Path], tmp_pa
 
 
 def test_seal_error_is_typed(published: dict[str, Path], tmp_path: Path) -> None:
-    code, out = _run(
-        "seal",
-        str(published["model"]),
-        "--model-id",
-        "m",
-        "--version",
-        "1",
-        "--signing-key",
-        str(published["root"] / "publisher.pub"),
-        "--out",
-        str(tmp_path / "b"),
-        "--json",
+    code, out = _seal(
+        published["model"], published["root"] / "publisher.pub", tmp_path / "b", "--json"
     )
     assert code == 1 and json.loads(out)["error"]["code"] == "key_file_invalid"
 
@@ -206,17 +183,10 @@ def test_seal_refuses_to_overwrite_a_content_key(
     published: dict[str, Path], tmp_path: Path
 ) -> None:
     (tmp_path / "k").write_text("keep me")
-    code, out = _run(
-        "seal",
-        str(published["model"]),
-        "--model-id",
-        "m",
-        "--version",
-        "1",
-        "--signing-key",
-        str(published["root"] / "publisher.key"),
-        "--out",
-        str(tmp_path / "b"),
+    code, out = _seal(
+        published["model"],
+        published["root"] / "publisher.key",
+        tmp_path / "b",
         "--key-out",
         str(tmp_path / "k"),
     )
