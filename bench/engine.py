@@ -20,12 +20,15 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 FULL = dict(hidden=1024, layers=12, heads=16, kv_heads=4, intermediate=2816, vocab=32000)
+T = TypeVar("T")
+
 QUICK = dict(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=2048)
 
 
@@ -98,6 +101,20 @@ def copy_bandwidth() -> float:
         dst.copy_(src)
         times.append(time.perf_counter() - t)
     return 2 * src.numel() * 4 / min(times)
+
+
+def isolated(work: Callable[[], T]) -> T:
+    """Run ``work`` on a thread that ends with it.
+
+    torch's OpenMP runtime keeps a worker pool for every thread that ran a parallel region
+    and stops spinning once the process has more OpenMP threads than CPUs, which slows
+    every parallel region on a small machine. Each system under test gets the process's
+    only live pool while it runs, as it would in a process of its own: transformers on a
+    short-lived thread, teellm on its engine's scheduler thread (a fresh engine per run).
+    """
+    from teellm.engine.engine import on_short_lived_thread
+
+    return on_short_lived_thread(work)
 
 
 def run_teellm(engine: Any, prompts: list[list[int]], new_tokens: int) -> Run:
@@ -202,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt_len, new_tokens = (16, 8) if args.quick else (64, 64)
     repeats = args.repeats or (1 if args.quick else 2)
     concurrency = (1, 8)
-    hf, source = build(dims, seed=0)
+    hf, source = isolated(lambda: build(dims, seed=0))
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(3, dims["vocab"], (8, prompt_len), generator=gen).tolist()
 
@@ -219,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         return engine
 
     variants = [v for v in args.variants.split(",") if v]
-    engines = {v: make_engine(v) for v in variants}
-    bandwidth = copy_bandwidth()
-    weight_bytes = {v: e.model.weight_bytes_per_token for v, e in engines.items()}
-    first = engines[variants[0]]
+    bandwidth = isolated(copy_bandwidth)
+    weight_bytes: dict[str, int] = {}
+    for v in variants:
+        with make_engine(v) as engine:
+            weight_bytes[v] = engine.model.weight_bytes_per_token
+            config = engine.config
     results: dict[str, Any] = {
         "model": {
-            "parameters": parameter_count(first.config),
+            "parameters": parameter_count(config),
             "dims": dims,
             "dtype": "bfloat16",
             "prompt_tokens": prompt_len,
@@ -235,23 +254,25 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     figures: dict[str, dict[str, Any]] = {}
-    run_generate(hf, prompts[:1], 2)  # warm-up
+    isolated(lambda: run_generate(hf, prompts[:1], 2))  # warm-up
     for n in concurrency:
         batch = prompts[:n]
         runs: dict[str, list[Run]] = {}
         for _ in range(repeats):  # interleaved: the machine's load hits all alike
-            for v, engine in engines.items():
+            for v in variants:
+                with make_engine(v) as engine:
+                    run = run_teellm(engine, batch, new_tokens)
                 runs.setdefault(f"teellm_{n}" if v == "default" else f"teellm_{v}_{n}", []).append(
-                    run_teellm(engine, batch, new_tokens)
+                    run
                 )
-            runs.setdefault(f"generate_{n}", []).append(run_generate(hf, batch, new_tokens))
+            runs.setdefault(f"generate_{n}", []).append(
+                isolated(lambda b=batch: run_generate(hf, b, new_tokens))
+            )
         figures.update({name: best(r).as_dict() for name, r in runs.items()})
-    for engine in engines.values():
-        engine.close()
     if args.no_generate_batch:
         results["generate_batch"] = "skipped"
     else:
-        gb = run_generate_batch(hf, prompts[:8], new_tokens)
+        gb = isolated(lambda: run_generate_batch(hf, prompts[:8], new_tokens))
         if gb is None:
             results["generate_batch"] = "absent in this transformers version"
         else:

@@ -224,3 +224,42 @@ def test_packed_weights_generate_the_same_tokens(model_dir: Path) -> None:
             assert engine.model.packed is pack
             outs.append(engine.generate(req).token_ids)
     assert outs[0] == outs[1]
+
+
+def test_set_up_work_runs_off_the_callers_thread(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller's thread must not run the model's set-up (torch parallel work there
+    # would leave an OpenMP pool behind that slows the scheduler thread's passes).
+    import threading
+
+    from teellm.engine import engine as engine_module
+
+    seen: list[tuple[str, int]] = []
+    real_model, real_scheduler = engine_module.Transformer, engine_module.Scheduler
+
+    def model(*a: object, **k: object) -> object:
+        seen.append(("model", threading.get_ident()))
+        return real_model(*a, **k)  # type: ignore[arg-type]
+
+    def scheduler(*a: object, **k: object) -> object:
+        seen.append(("scheduler", threading.get_ident()))
+        return real_scheduler(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "Transformer", model)
+    monkeypatch.setattr(engine_module, "Scheduler", scheduler)
+    with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="m") as engine:
+        assert engine.generate(_req(max_tokens=2, ignore_eos=True)).usage.completion_tokens == 2
+    assert [name for name, _ in seen] == ["model", "scheduler"]
+    assert all(ident != threading.get_ident() for _, ident in seen)
+
+
+def test_short_lived_thread_returns_or_raises() -> None:
+    import threading
+
+    from teellm.engine.engine import on_short_lived_thread
+
+    assert on_short_lived_thread(lambda: threading.get_ident()) != threading.get_ident()
+    with pytest.raises(InvalidModelError, match="bad weights"):
+        on_short_lived_thread(lambda: (_ for _ in ()).throw(InvalidModelError("bad weights")))
+    assert not [t for t in threading.enumerate() if t.name == "teellm-setup"]

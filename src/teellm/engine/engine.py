@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -27,6 +29,8 @@ from teellm.pipeline.stops import StopMatcher
 from teellm.pipeline.text import normalize_text
 from teellm.pipeline.tokenizer import TextTokenizer
 from teellm.settings import ModelSettings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,14 @@ class Engine:
         self.config = ModelConfig.from_json(raw_config, source.read_json("generation_config.json"))
         self.tokenizer = TextTokenizer.from_source(source)
         self.arena = TensorArena(protect=opts.protect_memory)
-        self.model = Transformer(
-            self.config,
-            source.tensors,
-            precision=settings.precision,
-            arena=self.arena,
-            pack_weights=opts.pack_weights,
+        self.model = on_short_lived_thread(
+            lambda: Transformer(
+                self.config,
+                source.tensors,
+                precision=settings.precision,
+                arena=self.arena,
+                pack_weights=opts.pack_weights,
+            )
         )
         if opts.compile:
             self.model.compile()
@@ -102,13 +108,15 @@ class Engine:
         if eos_tok is not None:
             eos.add(eos_tok)
         self.eos_ids = frozenset(eos)
-        self.scheduler = Scheduler(
-            self.model,
-            slots=settings.batch_size,
-            max_seq=max_seq,
-            kv_budget=opts.kv_budget_tokens or settings.batch_size * max_seq,
-            prefill_chunk=opts.prefill_chunk,
-            max_backlog=opts.max_backlog,
+        self.scheduler = on_short_lived_thread(
+            lambda: Scheduler(
+                self.model,
+                slots=settings.batch_size,
+                max_seq=max_seq,
+                kv_budget=opts.kv_budget_tokens or settings.batch_size * max_seq,
+                prefill_chunk=opts.prefill_chunk,
+                max_backlog=opts.max_backlog,
+            )
         )
 
     def __repr__(self) -> str:
@@ -247,3 +255,32 @@ class Engine:
             if not seq.done:
                 seq.cancel()
                 self.scheduler.wake()
+
+
+def on_short_lived_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` on a thread of its own that ends with it; return its result or raise
+    its exception.
+
+    Why: torch's OpenMP runtime (libgomp) keeps a pool of worker threads for every thread
+    that has run a parallel region, for as long as that thread lives, and once the
+    process holds more OpenMP threads than CPUs it stops spinning between regions, so
+    every parallel region waits for futex wake-ups. The engine's parallel work belongs to
+    the scheduler thread alone: set-up work (weight conversion, cache and rotary tables)
+    on the caller's thread, usually the one serving HTTP, made every later forward pass
+    30-50 % slower on a 2-core machine. A pool ends with its thread.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # re-raised on the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="teellm-setup")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
