@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
     parser.add_argument(
         "--variants",
-        default="default,packed,int8",
-        help="teellm variants: default (zero-copy bf16), packed (oneDNN weights), int8",
+        default="default,torch,packed,int8",
+        help="teellm variants: default (zero-copy bf16, native decode kernel), torch (the "
+        "same without the native kernel), packed (oneDNN weights), int8",
     )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-generate-batch", action="store_true")
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             max_seq_len=prompt_len + new_tokens + 8,
             compile=compile_,
             pack_weights=variant == "packed",
+            native_kernels=variant != "torch",
         )
         engine = Engine(source, settings, model_id="bench", options=options).start()
         run_teellm(engine, prompts[:2], 4)  # warm-up

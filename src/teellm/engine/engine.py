@@ -46,7 +46,10 @@ class EngineOptions:
     mlock), zeroized by ``stop()``; ``compile``: run the forward pass through torch.compile
     (slow first steps); ``pack_weights``: reorder weights once into oneDNN's blocked layout,
     fusing q/k/v and gate/up (faster batched decoding on CPU, but the packed copy is
-    ordinary memory outside the protected arena and doubles weight memory; off by default).
+    ordinary memory outside the protected arena and doubles weight memory; off by default);
+    ``native_kernels``: bfloat16 decode steps (up to teellm.engine.kernels.MAX_ROWS rows)
+    use the native AVX-512 BF16 kernel over the weights in place, where it is built and
+    the CPU has it (``Engine.model.native`` says whether it is in use).
     """
 
     max_seq_len: int | None = None
@@ -57,6 +60,7 @@ class EngineOptions:
     protect_memory: bool = True
     compile: bool = False
     pack_weights: bool = False
+    native_kernels: bool = True
 
 
 class Engine:
@@ -90,6 +94,7 @@ class Engine:
                 precision=settings.precision,
                 arena=self.arena,
                 pack_weights=opts.pack_weights,
+                native_kernels=opts.native_kernels,
             )
         )
         if opts.compile:

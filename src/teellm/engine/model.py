@@ -12,12 +12,13 @@ keeps each row to its own past.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from teellm.engine import kernels
 from teellm.engine.arena import TensorArena
 from teellm.engine.config import ModelConfig
 from teellm.engine.errors import InvalidModelError, UnsupportedModelError
@@ -26,13 +27,23 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class Linear:
-    """y = x W^T + b over weights used as they are (no copy when the dtype matches)."""
+    """y = x W^T + b over weights used as they are (no copy when the dtype matches).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    ``native``: few-row inputs (decode steps) go to teellm.engine.kernels when it takes
+    these weights; everything else to torch.
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, *, native: bool = False
+    ) -> None:
         self.weight = weight
         self.bias = bias
+        self.native = native and kernels.usable(weight, bias)
+        self._kernel = kernels.Projection(((weight, bias),)) if self.native else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is not None and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:
+            return self._kernel(x)[0]
         return F.linear(x, self.weight, self.bias)
 
     @property
@@ -101,6 +112,21 @@ class PackedLinear(Linear):
         return self._bytes
 
 
+class Group:
+    """Linears sharing an input (q/k/v, gate/up): one native call for all of them on
+    few-row inputs (one pass over their weights, one fork and join), else each alone."""
+
+    def __init__(self, parts: Sequence[Linear]) -> None:
+        self.parts = tuple(parts)
+        native = all(p.native for p in parts)
+        self._kernel = kernels.Projection([(p.weight, p.bias) for p in parts]) if native else None
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self._kernel is not None and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:
+            return self._kernel(x)
+        return [p(x) for p in self.parts]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Normalised in float32, cast back, then scaled: the reference's order of rounding.
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
@@ -149,11 +175,17 @@ class Layer:
     mlp_norm: torch.Tensor
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
+    attn_in: Group = field(init=False)
+    mlp_in: Group = field(init=False)
     # Packed weights (optional): q|k|v and gate|up fused, o and down reordered.
     qkv: PackedLinear | None = None
     gate_up: PackedLinear | None = None
     o_packed: PackedLinear | None = None
     down_packed: PackedLinear | None = None
+
+    def __post_init__(self) -> None:
+        self.attn_in = Group((self.q, self.k, self.v))
+        self.mlp_in = Group((self.gate, self.up))
 
 
 @dataclass
@@ -188,6 +220,7 @@ class Transformer:
         precision: str = "bfloat16",
         arena: TensorArena | None = None,
         pack_weights: bool = False,
+        native_kernels: bool = True,
     ) -> None:
         if precision not in ("float32", "bfloat16", "int8"):
             raise UnsupportedModelError(f"unsupported precision {precision!r}")
@@ -195,15 +228,18 @@ class Transformer:
         self.precision = precision
         self.dtype = DTYPES.get(precision, torch.bfloat16)
         self.arena = arena or TensorArena(protect=False)
+        native = native_kernels and precision == "bfloat16"
+        self.native = native and kernels.available()
         w = _Weights(tensors, self.dtype, self.arena)
         h, hd = cfg.hidden_size, cfg.head_dim
         q_out, kv_out, inter = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size
         self.embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, h))
         self.norm = w.get("model.norm.weight", (h,))
         if cfg.tie_word_embeddings or "lm_head.weight" not in tensors:
-            self.lm_head = Linear(self.embed, None)
+            self.lm_head = Linear(self.embed, None, native=native)
         else:
-            self.lm_head = Linear(w.get("lm_head.weight", (cfg.vocab_size, h)), None)
+            head = w.get("lm_head.weight", (cfg.vocab_size, h))
+            self.lm_head = Linear(head, None, native=native)
         self.layers: list[Layer] = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
@@ -213,7 +249,7 @@ class Transformer:
                 if precision == "int8":
                     raw = w.raw(f"{p}{name}.weight", shape)
                     return Int8Linear(raw, bias, self.arena)
-                return Linear(w.get(f"{p}{name}.weight", shape), bias)
+                return Linear(w.get(f"{p}{name}.weight", shape), bias, native=native)
 
             layer = Layer(
                 q=lin("self_attn.q_proj", (q_out, h)),
@@ -279,10 +315,11 @@ class Transformer:
         ``[B, T, vocab]`` when ``batch.last`` is None)."""
         compiled = getattr(self, "_compiled", None)
         forward = compiled if compiled is not None else self._forward
-        if batch.tokens.numel() == 1 and self.dtype == torch.bfloat16:
-            # One row: oneDNN reorders each plain bf16 weight on every call, while the
-            # native matrix-vector kernel streams it once (about 2x faster, same result);
-            # such steps use the plain weights even when packed ones exist.
+        if batch.tokens.numel() == 1 and self.dtype == torch.bfloat16 and not self.native:
+            # One row without the native kernel: oneDNN reorders each plain bf16 weight
+            # on every call, while torch's own matrix-vector kernel streams it once
+            # (about 2x faster, same result); such steps use the plain weights even
+            # when packed ones exist.
             previous = torch._C._get_mkldnn_enabled()
             torch._C._set_mkldnn_enabled(False)
             try:
@@ -304,7 +341,10 @@ class Transformer:
             w: m if m is None or group == 1 or seqlen == 1 else m.repeat(1, 1, group, 1)
             for w, m in batch.masks.items()
         }
-        use_packed = self.packed and (bsz * seqlen > 1 or self.dtype != torch.bfloat16)
+        few_rows = self.native and bsz * seqlen <= kernels.MAX_ROWS
+        use_packed = (
+            self.packed and not few_rows and (bsz * seqlen > 1 or self.dtype != torch.bfloat16)
+        )
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
             o_proj, down_proj = layer.o, layer.down
@@ -312,7 +352,7 @@ class Transformer:
                 q, k, v = layer.qkv(h).split(layer.qkv.sizes, dim=-1)
                 o_proj, down_proj = layer.o_packed, layer.down_packed
             else:
-                q, k, v = layer.q(h), layer.k(h), layer.v(h)
+                q, k, v = layer.attn_in(h)
             q = q.view(bsz, seqlen, nh, hd)
             k = k.view(bsz, seqlen, nkv, hd)
             v = v.view(bsz, seqlen, nkv, hd).transpose(1, 2)
@@ -346,7 +386,7 @@ class Transformer:
             if use_packed and layer.gate_up is not None:
                 gate, up = layer.gate_up(h).split(layer.gate_up.sizes, dim=-1)
             else:
-                gate, up = layer.gate(h), layer.up(h)
+                gate, up = layer.mlp_in(h)
             x = x + down_proj(F.silu(gate) * up)
         if batch.last is not None:
             x = x[torch.arange(bsz), batch.last]

@@ -1,0 +1,246 @@
+/* Few-row bfloat16 matrix products for decoding: y = x W^T + b.
+ *
+ * Why by hand: for a decode step (a handful of rows) PyTorch either reorders the whole
+ * weight matrix into oneDNN's blocked layout on every call or runs a matrix-vector
+ * kernel one row at a time, and keeping oneDNN's packed copy instead puts a second
+ * plaintext copy of the weights outside protected memory. This kernel reads each
+ * weight row once per call, in place, for all the rows of x together, with AVX-512
+ * BF16 dot products (VDPBF16PS) accumulating in float32.
+ *
+ * Every output y[m][n] is computed the same way whatever M, the tile sizes or the
+ * thread count: one float32 accumulator per (m, n) fed 32 products at a time in k
+ * order, then one horizontal sum. So a row's result never depends on the batch it is
+ * in (greedy decoding is the same alone or batched).
+ *
+ * Called only through teellm.engine.kernels, which checks shapes, dtypes and
+ * contiguity; this module trusts the addresses it is given.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_KERNEL 1
+#include <immintrin.h>
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#else
+#define HAVE_KERNEL 0
+#endif
+
+#define MAX_PARTS 4
+#define ROWS 4 /* weight rows per tile */
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 512 /* elements (1 KiB) */
+#endif
+
+typedef struct {
+    const uint16_t *w; /* [n, k] */
+    const uint16_t *b; /* [n] or NULL */
+    uint16_t *y;       /* [m, n] */
+    long n;
+    long blocks; /* ceil(n / ROWS) */
+} Part;
+
+static int cpu_supported(void) {
+#if HAVE_KERNEL
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+#if HAVE_KERNEL
+
+static inline uint16_t to_bf16(float f) {
+    /* Round to nearest even, as torch converts float32 to bfloat16. */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* tile_R_MT: R weight rows (starting at w, row stride k) against MT rows of x; sums go
+ * to out[m * R + r]. pf: what to prefetch as this tile streams, into L2 (into L1 it
+ * evicted the rows of x: 8-row steps ran about 1.5x slower). */
+#define DEFINE_TILE(R, MT)                                                                  \
+    TARGET static void tile_##R##_##MT(const uint16_t *x, long k, const uint16_t *w,        \
+                                       const uint16_t *pf, float *out) {                    \
+        __m512 acc[MT][R];                                                                  \
+        for (int m = 0; m < MT; m++)                                                        \
+            for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();                    \
+        long i = 0;                                                                         \
+        for (; i + 32 <= k; i += 32) {                                                      \
+            __m512bh wv[R];                                                                 \
+            for (int r = 0; r < R; r++) {                                                   \
+                _mm_prefetch((const char *)(pf + r * k + i), _MM_HINT_T1);                  \
+                wv[r] = (__m512bh)_mm512_loadu_si512(w + r * k + i);                        \
+            }                                                                               \
+            for (int m = 0; m < MT; m++) {                                                  \
+                __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * k + i);                  \
+                for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]); \
+            }                                                                               \
+        }                                                                                   \
+        if (i < k) {                                                                        \
+            __mmask32 mask = (__mmask32)((1ull << (k - i)) - 1);                            \
+            __m512bh wv[R];                                                                 \
+            for (int r = 0; r < R; r++)                                                     \
+                wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * k + i);            \
+            for (int m = 0; m < MT; m++) {                                                  \
+                __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * k + i);      \
+                for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]); \
+            }                                                                               \
+        }                                                                                   \
+        for (int m = 0; m < MT; m++)                                                        \
+            for (int r = 0; r < R; r++) out[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);   \
+    }
+
+DEFINE_TILE(4, 1)
+DEFINE_TILE(4, 2)
+DEFINE_TILE(4, 3)
+DEFINE_TILE(4, 4)
+DEFINE_TILE(1, 1)
+DEFINE_TILE(1, 2)
+DEFINE_TILE(1, 3)
+DEFINE_TILE(1, 4)
+
+typedef void (*tile_fn)(const uint16_t *, long, const uint16_t *, const uint16_t *, float *);
+static const tile_fn TILES4[4] = {tile_4_1, tile_4_2, tile_4_3, tile_4_4};
+static const tile_fn TILES1[4] = {tile_1_1, tile_1_2, tile_1_3, tile_1_4};
+
+/* Rows [n0, n0 + rows) of one part (rows is ROWS, or fewer at the end). One row of x
+ * streams the weights a row at a time (one sequential stream, what the hardware
+ * prefetcher follows best, measured faster here); several rows of x go ROWS weight rows
+ * at a time so each loaded x vector feeds ROWS dot products. */
+TARGET static void run_block(const uint16_t *x, long m, long k, const Part *p, long n0,
+                             long rows) {
+    float out[4 * ROWS];
+    const uint16_t *w = p->w + n0 * k;
+    long width = rows == ROWS && m > 1 ? ROWS : 1;
+    for (long r0 = 0; r0 < rows; r0 += width) {
+        const uint16_t *wr = w + r0 * k;
+        /* Prefetch: a row at a time, PREFETCH_AHEAD elements ahead in the stream (past
+         * the end of the matrix a prefetch is only a dropped hint); otherwise the next
+         * tile, or this one again at the end of the matrix (a no-op). */
+        const uint16_t *pf = width == 1                          ? wr + PREFETCH_AHEAD
+                             : n0 + r0 + 2 * width <= p->n ? wr + width * k
+                                                           : wr;
+        for (long m0 = 0; m0 < m; m0 += 4) {
+            long mt = m - m0 < 4 ? m - m0 : 4;
+            (width == ROWS ? TILES4 : TILES1)[mt - 1](x + m0 * k, k, wr, pf, out);
+            for (long i = 0; i < mt; i++) {
+                for (long r = 0; r < width; r++) {
+                    long n = n0 + r0 + r;
+                    float v = out[i * width + r];
+                    if (p->b) v += from_bf16(p->b[n]);
+                    p->y[(m0 + i) * p->n + n] = to_bf16(v);
+                }
+            }
+        }
+    }
+}
+
+TARGET static void run(const uint16_t *x, long m, long k, const Part *parts, int nparts,
+                       int threads) {
+    long total = 0;
+    for (int j = 0; j < nparts; j++) total += parts[j].blocks;
+    /* One parallel region over the blocks of every part: q, k and v (or gate and up)
+     * share one fork and join, and the threads split their rows evenly. */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long b = 0; b < total; b++) {
+        long local = b;
+        int j = 0;
+        while (local >= parts[j].blocks) local -= parts[j++].blocks;
+        long n0 = local * ROWS;
+        long rows = parts[j].n - n0 < ROWS ? parts[j].n - n0 : ROWS;
+        run_block(x, m, k, &parts[j], n0, rows);
+    }
+}
+
+#endif /* HAVE_KERNEL */
+
+static int kernel_ok = -1;
+
+static PyObject *available(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    if (kernel_ok < 0) kernel_ok = cpu_supported();
+    return PyBool_FromLong(kernel_ok);
+}
+
+static int address(PyObject *obj, const void **out, int allow_null) {
+    void *p = PyLong_AsVoidPtr(obj);
+    if (p == NULL && PyErr_Occurred()) return -1;
+    if (p == NULL && !allow_null) {
+        PyErr_SetString(PyExc_ValueError, "null address");
+        return -1;
+    }
+    *out = p;
+    return 0;
+}
+
+/* linear(x, m, k, parts, threads): parts is a tuple of (w, b, y, n) addresses/sizes;
+ * b may be 0 (no bias). Releases the GIL while it computes. */
+static PyObject *linear(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *x_obj, *parts_obj;
+    Py_ssize_t m, k;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OnnO!i", &x_obj, &m, &k, &PyTuple_Type, &parts_obj, &threads))
+        return NULL;
+    if (kernel_ok < 0) kernel_ok = cpu_supported();
+    if (!kernel_ok) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
+        return NULL;
+    }
+    Py_ssize_t nparts = PyTuple_GET_SIZE(parts_obj);
+    if (m < 1 || k < 1 || threads < 1 || nparts < 1 || nparts > MAX_PARTS) {
+        PyErr_SetString(PyExc_ValueError, "invalid sizes");
+        return NULL;
+    }
+#if HAVE_KERNEL
+    const void *x;
+    if (address(x_obj, &x, 0) < 0) return NULL;
+    Part parts[MAX_PARTS];
+    for (Py_ssize_t j = 0; j < nparts; j++) {
+        PyObject *t = PyTuple_GET_ITEM(parts_obj, j);
+        PyObject *w, *b, *y;
+        Py_ssize_t n;
+        if (!PyArg_ParseTuple(t, "OOOn", &w, &b, &y, &n)) return NULL;
+        const void *wp, *bp, *yp;
+        if (address(w, &wp, 0) < 0 || address(b, &bp, 1) < 0 || address(y, &yp, 0) < 0)
+            return NULL;
+        if (n < 1) {
+            PyErr_SetString(PyExc_ValueError, "invalid sizes");
+            return NULL;
+        }
+        parts[j] = (Part){wp, bp, (uint16_t *)yp, n, (n + ROWS - 1) / ROWS};
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run(x, m, k, parts, (int)nparts, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return NULL;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"available", available, METH_NOARGS, "Whether this CPU runs the kernel."},
+    {"linear", linear, METH_VARARGS, "y = x W^T + b for each part (addresses)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bf16", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__bf16(void) { return PyModule_Create(&module); }

@@ -1,0 +1,100 @@
+"""Few-row bfloat16 matrix products for decode steps, over weights used in place.
+
+A decode step multiplies a handful of rows (one per running sequence) by every weight
+matrix. The native kernel (``_bf16.c``, built at install time where a C compiler with
+OpenMP is present) reads each weight row once for all those rows, straight from the
+protected memory the weights were decrypted into, with AVX-512 BF16 dot products, and
+computes each output row the same way whatever the batch. Where the kernel is missing
+or the CPU lacks AVX-512 BF16, ``available()`` is False and the model uses torch.
+
+``Projection(parts)`` checks everything the native code trusts about the weights
+once (dtype, device, shape, contiguity; it keeps them alive), and each call checks the
+input (dtype, device, columns, the row limit) before handing over addresses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+_bf16: Any
+try:
+    _bf16 = importlib.import_module("teellm.engine._bf16")
+except ImportError:  # not built here: torch does the work
+    _bf16 = None
+
+MAX_ROWS = 16
+"""Most rows of x per call; past this torch's blocked matrix products are faster."""
+
+MAX_PARTS = 4
+
+
+def available() -> bool:
+    """Whether the native kernel is built and this CPU runs it."""
+    return _bf16 is not None and bool(_bf16.available())
+
+
+def usable(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a Projection takes this weight (and bias) as they are."""
+    ok = (
+        available()
+        and weight.dtype == torch.bfloat16
+        and weight.device.type == "cpu"
+        and weight.dim() == 2
+        and weight.is_contiguous()
+        and weight.numel() > 0
+    )
+    if bias is not None:
+        ok = ok and bias.dtype == torch.bfloat16 and bias.is_contiguous()
+        ok = ok and tuple(bias.shape) == (weight.shape[0],)
+    return ok
+
+
+class Projection:
+    """One or more weight matrices (with optional biases) applied to the same input.
+
+    The weights are checked once here (the object keeps them alive); each call checks
+    only ``x`` and returns ``[x @ w.T + b for w, b in parts]``, computed in one parallel
+    pass over every part's rows, for bfloat16 ``x`` of 1 to MAX_ROWS rows (all
+    dimensions but the last).
+    """
+
+    def __init__(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        if _bf16 is None:
+            raise RuntimeError("the native bfloat16 kernel is not built in this installation")
+        if not 1 <= len(parts) <= MAX_PARTS:
+            raise ValueError(f"between 1 and {MAX_PARTS} weight matrices per projection")
+        for w, b in parts:
+            if not usable(w, b):
+                raise ValueError("weights must be contiguous 2-D bfloat16 CPU tensors (bias [N])")
+        self.in_features: int = parts[0][0].shape[1]
+        if any(w.shape[1] != self.in_features for w, _ in parts):
+            raise ValueError("the weight matrices of one projection must share their input")
+        self.parts = tuple(parts)
+        self.sizes: tuple[int, ...] = tuple(w.shape[0] for w, _ in parts)
+        self._spec: tuple[tuple[int, int, int], ...] = tuple(
+            (w.data_ptr(), 0 if b is None else b.data_ptr(), w.shape[0]) for w, b in parts
+        )
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        k = self.in_features
+        if x.dtype != torch.bfloat16 or not x.is_cpu or x.dim() < 1 or x.shape[-1] != k:
+            raise ValueError(
+                f"x must be a bfloat16 CPU tensor with {k} columns, "
+                f"not {x.dtype} {tuple(x.shape)} on {x.device.type}"
+            )
+        rows = x.numel() // k
+        if not 1 <= rows <= MAX_ROWS:
+            raise ValueError(f"x has {rows} rows; the kernel takes 1 to {MAX_ROWS}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        lead = x.shape[:-1]
+        outputs = [torch.empty((*lead, n), dtype=torch.bfloat16) for n in self.sizes]
+        spec = tuple(
+            (w, b, y.data_ptr(), n) for (w, b, n), y in zip(self._spec, outputs, strict=True)
+        )
+        _bf16.linear(x.data_ptr(), rows, k, spec, torch.get_num_threads())
+        return outputs

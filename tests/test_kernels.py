@@ -1,0 +1,164 @@
+"""The native few-row bfloat16 kernel: results, batch invariance, checks, model use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from teellm.devmodel import make_model_dir
+from teellm.engine import Engine, EngineOptions, ModelSource, kernels
+from teellm.engine.config import ModelConfig
+from teellm.engine.model import Batch, Transformer
+from teellm.settings import ModelSettings
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(
+        line.startswith("flags") and "avx512_bf16" in line.split() for line in text.splitlines()
+    )
+
+
+needs_kernel = pytest.mark.skipif(
+    not kernels.available(), reason="the native kernel is not built or this CPU lacks it"
+)
+
+
+def test_kernel_is_built_where_the_cpu_runs_it() -> None:
+    # A build that silently lost the kernel would fall back to torch: catch it here.
+    if not _cpu_has_avx512_bf16():
+        pytest.skip("this CPU lacks AVX-512 BF16: the engine uses torch")
+    assert kernels.available()
+
+
+def _bound(x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    # One rounding to bfloat16 (2^-8 relative, with margin) plus float32 accumulation.
+    return ref.abs() * 2.0**-8 + 1e-5 * (x.float().abs() @ w.float().abs().T) + 1e-30
+
+
+@needs_kernel
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, kernels.MAX_ROWS),
+    k=st.integers(1, 300),
+    sizes=st.lists(st.integers(1, 70), min_size=1, max_size=kernels.MAX_PARTS),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_float32_reference(m: int, k: int, sizes: list[int], bias: bool, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen).bfloat16()
+    parts = [
+        (
+            torch.randn(n, k, generator=gen).bfloat16(),
+            torch.randn(n, generator=gen).bfloat16() if bias else None,
+        )
+        for n in sizes
+    ]
+    outputs = kernels.Projection(parts)(x)
+    for (w, b), y in zip(parts, outputs, strict=True):
+        assert y.dtype == torch.bfloat16 and y.shape == (m, w.shape[0])
+        ref = F.linear(x.float(), w.float(), None if b is None else b.float())
+        assert ((y.float() - ref).abs() <= _bound(x, w, ref)).all()
+
+
+@needs_kernel
+def test_rows_are_computed_the_same_whatever_the_batch_parts_or_threads() -> None:
+    gen = torch.Generator().manual_seed(0)
+    k = 1000  # not a multiple of 32: the masked tail too
+    x = torch.randn(kernels.MAX_ROWS, k, generator=gen).bfloat16()
+    parts = [(torch.randn(n, k, generator=gen).bfloat16(), None) for n in (130, 67, 5)]
+    together = kernels.Projection(parts)(x)
+    for j, (w, b) in enumerate(parts):
+        alone = kernels.Projection([(w, b)])
+        for rows in (1, 3, 8):
+            for start in range(0, kernels.MAX_ROWS, rows):
+                got = alone(x[start : start + rows])[0]
+                assert torch.equal(got, together[j][start : start + rows])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.Projection(parts)(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, together, strict=True))
+
+
+@needs_kernel
+def test_leading_dimensions_and_strided_input() -> None:
+    w = torch.randn(48, 64).bfloat16()
+    x = torch.randn(2, 3, 128).bfloat16()[..., ::2]  # not contiguous
+    y = kernels.Projection([(w, None)])(x)[0]
+    assert y.shape == (2, 3, 48)
+    assert torch.equal(y, kernels.Projection([(w, None)])(x.contiguous())[0])
+
+
+@needs_kernel
+def test_bad_inputs_get_clear_errors() -> None:
+    w = torch.randn(8, 32).bfloat16()
+    proj = kernels.Projection([(w, None)])
+    with pytest.raises(ValueError, match="bfloat16 CPU tensor with 32 columns"):
+        proj(torch.randn(1, 32))
+    with pytest.raises(ValueError, match="32 columns"):
+        proj(torch.randn(1, 31).bfloat16())
+    with pytest.raises(ValueError, match=f"the kernel takes 1 to {kernels.MAX_ROWS}"):
+        proj(torch.randn(kernels.MAX_ROWS + 1, 32).bfloat16())
+    with pytest.raises(ValueError, match="0 rows"):
+        proj(torch.randn(0, 32).bfloat16())
+    with pytest.raises(ValueError, match="contiguous 2-D bfloat16"):
+        kernels.Projection([(w.T, None)])
+    with pytest.raises(ValueError, match="contiguous 2-D bfloat16"):
+        kernels.Projection([(w.float(), None)])
+    with pytest.raises(ValueError, match="contiguous 2-D bfloat16"):
+        kernels.Projection([(w, torch.zeros(7).bfloat16())])
+    with pytest.raises(ValueError, match="share their input"):
+        kernels.Projection([(w, None), (torch.randn(8, 16).bfloat16(), None)])
+    with pytest.raises(ValueError, match="between 1 and"):
+        kernels.Projection([(w, None)] * (kernels.MAX_PARTS + 1))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("m"), dtype="bfloat16")
+
+
+@needs_kernel
+def test_model_decodes_with_the_kernel_like_torch(model_dir: Path) -> None:
+    source = ModelSource.from_dir(model_dir)
+    cfg = ModelConfig.from_json((model_dir / "config.json").read_bytes(), {})
+    native = Transformer(cfg, source.tensors, native_kernels=True)
+    plain = Transformer(cfg, source.tensors, native_kernels=False)
+    assert native.native and not plain.native
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, cfg.vocab_size, (4, 12), generator=gen)
+    logits = {}
+    for name, model in (("native", native), ("plain", plain)):
+        model.allocate_cache(4, 32)
+        positions = torch.arange(12)[None, :].repeat(4, 1)
+        causal = (torch.arange(12)[None, :] <= torch.arange(12)[:, None])[None, None]
+        slots = torch.arange(4)
+        model.forward(Batch(prompt, positions, slots, (0, 4), 12, {None: causal}, last=None))
+        step = Batch(prompt[:, -1:], torch.full((4, 1), 12), slots, (0, 4), 13, {None: None}, None)
+        logits[name] = model.forward(step)
+    diff = (logits["native"] - logits["plain"]).abs().max().item()
+    assert diff < 0.05 * logits["plain"].abs().max().item()
+    assert torch.equal(logits["native"].argmax(-1), logits["plain"].argmax(-1))
+
+
+def test_engine_option_turns_the_kernel_off(model_dir: Path) -> None:
+    source = ModelSource.from_dir(model_dir)
+    options = EngineOptions(native_kernels=False)
+    with Engine(source, ModelSettings(), model_id="m", options=options) as off:
+        assert not off.model.native
+    with Engine(source, ModelSettings(), model_id="m") as on:
+        assert on.model.native == kernels.available()
+    with Engine(source, ModelSettings(precision="float32"), model_id="m") as fp32:
+        assert not fp32.model.native  # the kernel is for bfloat16 weights only
