@@ -130,10 +130,10 @@ TARGET static void run_block(const uint16_t *x, long m, long k, const Part *p, l
     for (long r0 = 0; r0 < rows; r0 += width) {
         const uint16_t *wr = w + r0 * k;
         /* Prefetch: a row at a time, PREFETCH_AHEAD elements ahead in the stream (past
-         * the end of the matrix a prefetch is only a dropped hint); otherwise the next
-         * tile, or this one again at the end of the matrix (a no-op). */
+         * the end of the matrix a prefetch is only a dropped hint); otherwise the tile
+         * after next, or this one again near the end of the matrix (a no-op). */
         const uint16_t *pf = width == 1                          ? wr + PREFETCH_AHEAD
-                             : n0 + r0 + 2 * width <= p->n ? wr + width * k
+                             : n0 + r0 + 3 * width <= p->n ? wr + 2 * width * k
                                                            : wr;
         for (long m0 = 0; m0 < m; m0 += 4) {
             long mt = m - m0 < 4 ? m - m0 : 4;
