@@ -125,6 +125,89 @@ def test_bad_inputs_get_clear_errors() -> None:
         kernels.Projection([(w, None)] * (kernels.MAX_PARTS + 1))
 
 
+def _attention_reference(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    group = q.shape[1] // kc.shape[1]
+    rows = []
+    for b in range(q.shape[0]):
+        hi = int(lengths[b])
+        lo = max(0, hi - window) if window else 0
+        k = kc[slots[b], :, lo:hi].double().repeat_interleave(group, 0)
+        v = vc[slots[b], :, lo:hi].double().repeat_interleave(group, 0)
+        scores = (q[b].double()[:, None, :] @ k.transpose(-1, -2))[:, 0] / q.shape[-1] ** 0.5
+        rows.append((torch.softmax(scores, -1)[:, None, :] @ v)[:, 0])
+    return torch.stack(rows)
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 6),
+    kv_heads=st.integers(1, 4),
+    group=st.integers(1, 4),
+    d=st.sampled_from([32, 64, 96, 128, 256]),
+    t=st.integers(1, 80),
+    window=st.one_of(st.none(), st.integers(1, 40)),
+    seed=st.integers(0, 2**16),
+)
+def test_decode_attention_matches_reference(
+    b: int, kv_heads: int, group: int, d: int, t: int, window: int | None, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n_slots = b + 2
+    q = torch.randn(b, kv_heads * group, d, generator=gen).bfloat16()
+    kc = torch.randn(n_slots, kv_heads, t, d, generator=gen).bfloat16()
+    vc = torch.randn(n_slots, kv_heads, t, d, generator=gen).bfloat16()
+    slots = torch.randperm(n_slots, generator=gen)[:b].contiguous()
+    lengths = torch.randint(1, t + 1, (b,), generator=gen)
+    out = kernels.decode_attention(q, kc, vc, slots, lengths, window)
+    ref = _attention_reference(q, kc, vc, slots, lengths, window)
+    # Each output is a convex combination of values: error is the final rounding
+    # (2^-8 of at most max |v|) plus float32 softmax error.
+    assert (out.double() - ref).abs().max().item() <= vc.abs().max().item() * 2.0**-8 + 1e-3
+    for row in range(b):  # a row alone gives the same bits as in the batch
+        alone = kernels.decode_attention(
+            q[row : row + 1], kc, vc, slots[row : row + 1], lengths[row : row + 1], window
+        )
+        assert torch.equal(alone[0], out[row])
+
+
+@needs_kernel
+def test_decode_attention_refuses_bad_rows_and_shapes() -> None:
+    q = torch.randn(2, 4, 64).bfloat16()
+    kc = torch.randn(3, 2, 10, 64).bfloat16()
+    slots, lengths = torch.tensor([0, 2]), torch.tensor([1, 10])
+    assert kernels.decode_attention(q, kc, kc, slots, lengths, None).shape == (2, 4, 64)
+    with pytest.raises(ValueError, match="slot or length is out of range"):
+        kernels.decode_attention(q, kc, kc, torch.tensor([0, 3]), lengths, None)
+    with pytest.raises(ValueError, match="slot or length is out of range"):
+        kernels.decode_attention(q, kc, kc, torch.tensor([-1, 0]), lengths, None)
+    with pytest.raises(ValueError, match="slot or length is out of range"):
+        kernels.decode_attention(q, kc, kc, slots, torch.tensor([0, 1]), None)
+    with pytest.raises(ValueError, match="slot or length is out of range"):
+        kernels.decode_attention(q, kc, kc, slots, torch.tensor([1, 11]), None)
+    with pytest.raises(ValueError, match="int64"):
+        kernels.decode_attention(q, kc, kc, slots.int(), lengths, None)
+    with pytest.raises(ValueError, match="int64"):
+        kernels.decode_attention(q, kc, kc, slots[:1], lengths, None)
+    with pytest.raises(ValueError, match="head size"):
+        kernels.decode_attention(q[..., :48], kc[..., :48], kc[..., :48], slots, lengths, None)
+    with pytest.raises(ValueError, match="3 heads over 2"):
+        kernels.decode_attention(q[:, :3], kc, kc, slots, lengths, None)
+    with pytest.raises(ValueError, match="contiguous bfloat16"):
+        kernels.decode_attention(q, kc.float(), kc.float(), slots, lengths, None)
+    with pytest.raises(ValueError, match="contiguous bfloat16"):
+        kernels.decode_attention(q, kc[:, :, :5], kc[:, :, :5], slots, lengths, None)
+    with pytest.raises(ValueError, match="window"):
+        kernels.decode_attention(q, kc, kc, slots, lengths, 0)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("m"), dtype="bfloat16")
@@ -151,6 +234,43 @@ def test_model_decodes_with_the_kernel_like_torch(model_dir: Path) -> None:
     diff = (logits["native"] - logits["plain"]).abs().max().item()
     assert diff < 0.05 * logits["plain"].abs().max().item()
     assert torch.equal(logits["native"].argmax(-1), logits["plain"].argmax(-1))
+
+
+@needs_kernel
+def test_sliding_window_model_decodes_rows_of_different_lengths_like_torch(
+    tmp_path: Path,
+) -> None:
+    # Mistral-style window shorter than the sequences; rows at different positions, so
+    # torch's path needs a mask while the kernel takes per-row lengths.
+    import json
+    import shutil
+
+    root = make_model_dir(tmp_path / "base", dtype="bfloat16")
+    config = json.loads((root / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=5)
+    (root / "config.json").write_text(json.dumps(config))
+    source = ModelSource.from_dir(root)
+    cfg = ModelConfig.from_json((root / "config.json").read_bytes(), {})
+    assert cfg.layer_windows[0] == 5
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, cfg.vocab_size, (3, 14), generator=gen)
+    starts = torch.tensor([14, 9, 6])  # each row's length so far
+    logits = {}
+    for native in (True, False):
+        model = Transformer(cfg, source.tensors, native_kernels=native)
+        model.allocate_cache(3, 32)
+        positions = torch.arange(14)[None, :].repeat(3, 1)
+        causal = (torch.arange(14)[None, :] <= torch.arange(14)[:, None])[None, None]
+        model.forward(Batch(prompt, positions, torch.arange(3), (0, 3), 14, {5: causal}, None))
+        keys = torch.arange(15)[None, None, :]
+        pos = starts[:, None, None]
+        mask = ((keys <= pos) & (keys > pos - 5))[:, None]
+        step = Batch(prompt[:, -1:], starts[:, None], torch.arange(3), (0, 3), 15, {5: mask}, None)
+        logits[native] = model.forward(step)
+    shutil.rmtree(root)
+    diff = (logits[True] - logits[False]).abs().max().item()
+    assert diff < 0.05 * logits[False].abs().max().item()
+    assert torch.equal(logits[True].argmax(-1), logits[False].argmax(-1))
 
 
 def test_engine_option_turns_the_kernel_off(model_dir: Path) -> None:

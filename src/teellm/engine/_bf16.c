@@ -18,11 +18,16 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_KERNEL 1
 #include <immintrin.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #else
 #define HAVE_KERNEL 0
@@ -167,6 +172,106 @@ TARGET static void run(const uint16_t *x, long m, long k, const Part *parts, int
     }
 }
 
+
+/* ---- decode attention -------------------------------------------------------------
+ * One new query token per row against that row's cached keys and values, grouped-query:
+ * query head h reads KV head h / group. Row b attends cache positions [lo_b, len_b) with
+ * lo_b = max(0, len_b - window) (window 0: no window). Scores, softmax and the weighted
+ * sum are float32; the output is rounded to bfloat16 once. Replaces, for decode steps,
+ * SDPA with a mask, which costs several times more when rows have different lengths. */
+
+#define MAX_HEAD_DIM 256
+
+/* exp(x) for x <= 0 (softmax after subtracting the maximum): 2^(x log2 e) split into an
+ * integer power (scalef) and 2^f on [-0.5, 0.5] by its Taylor polynomial (degree 6,
+ * relative error about 1e-7, far below bfloat16's 4e-3). */
+TARGET static inline __m512 exp_neg(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.5403530e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+TARGET static inline __m512 load_bf16x16(const uint16_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+/* One query head: q [d], keys/values rows [lo, hi) of one (slot, KV head) plane. */
+TARGET static void attend_one(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
+                              long lo, long hi, long d, float scale, float *scores,
+                              uint16_t *out) {
+    long n = hi - lo;
+    float best = -INFINITY;
+    for (long t = 0; t < n; t++) {
+        const uint16_t *kt = keys + (lo + t) * d;
+        __m512 acc = _mm512_setzero_ps();
+        for (long i = 0; i < d; i += 32)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(q + i),
+                                   (__m512bh)_mm512_loadu_si512(kt + i));
+        float s = _mm512_reduce_add_ps(acc) * scale;
+        scores[t] = s;
+        if (s > best) best = s;
+    }
+    __m512 vbest = _mm512_set1_ps(best), vsum = _mm512_setzero_ps();
+    for (long t = 0; t < n; t += 16) {
+        __mmask16 mask = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+        __m512 e = exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores + t), vbest));
+        e = _mm512_maskz_mov_ps(mask, e);
+        _mm512_mask_storeu_ps(scores + t, mask, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    float inv = 1.0f / _mm512_reduce_add_ps(vsum);
+    __m512 acc[MAX_HEAD_DIM / 16];
+    long chunks = d / 16;
+    for (long c = 0; c < chunks; c++) acc[c] = _mm512_setzero_ps();
+    for (long t = 0; t < n; t++) {
+        __m512 w = _mm512_set1_ps(scores[t]);
+        const uint16_t *vt = values + (lo + t) * d;
+        for (long c = 0; c < chunks; c++)
+            acc[c] = _mm512_fmadd_ps(w, load_bf16x16(vt + c * 16), acc[c]);
+    }
+    float tmp[16];
+    for (long c = 0; c < chunks; c++) {
+        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)));
+        for (int i = 0; i < 16; i++) out[c * 16 + i] = to_bf16(tmp[i]);
+    }
+}
+
+TARGET static void attend(const uint16_t *q, const uint16_t *kc, const uint16_t *vc,
+                          const int64_t *slots, const int64_t *lengths, uint16_t *out, long b,
+                          long h, long kvh, long t_max, long d, long window, float scale,
+                          int threads, float *scratch) {
+    long group = h / kvh;
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        float *scores = scratch + (size_t)omp_get_thread_num() * (size_t)(t_max + 16);
+#else
+        float *scores = scratch;
+#endif
+#pragma omp for schedule(static)
+        for (long task = 0; task < b * kvh; task++) {
+            long row = task / kvh, j = task % kvh;
+            long hi = lengths[row], lo = window > 0 && hi > window ? hi - window : 0;
+            long plane = (slots[row] * kvh + j) * t_max * d;
+            for (long g = 0; g < group; g++) {
+                long head = j * group + g;
+                attend_one(q + (row * h + head) * d, kc + plane, vc + plane, lo, hi, d, scale,
+                           scores, out + (row * h + head) * d);
+            }
+        }
+    }
+}
+
 #endif /* HAVE_KERNEL */
 
 static int kernel_ok = -1;
@@ -235,12 +340,65 @@ static PyObject *linear(PyObject *self, PyObject *args) {
 #endif
 }
 
+
+/* attention(q, k_cache, v_cache, slots, lengths, out, b, h, kvh, s, t, d, window, scale,
+ * threads): addresses and sizes as checked by teellm.engine.kernels; the slot and length
+ * of every row are checked here, before anything is read. */
+static PyObject *attention(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[6];
+    Py_ssize_t b, h, kvh, n_slots, t_max, d, window;
+    float scale;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnnnnfi", &objs[0], &objs[1], &objs[2], &objs[3],
+                          &objs[4], &objs[5], &b, &h, &kvh, &n_slots, &t_max, &d, &window,
+                          &scale, &threads))
+        return NULL;
+    if (kernel_ok < 0) kernel_ok = cpu_supported();
+    if (!kernel_ok) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
+        return NULL;
+    }
+    if (b < 1 || h < 1 || kvh < 1 || h % kvh || n_slots < 1 || t_max < 1 || d < 32 ||
+        d % 32 || d > 256 || window < 0 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "invalid sizes");
+        return NULL;
+    }
+#if HAVE_KERNEL
+    const void *ptr[6];
+    for (int i = 0; i < 6; i++)
+        if (address(objs[i], &ptr[i], 0) < 0) return NULL;
+    const int64_t *slots = ptr[3], *lengths = ptr[4];
+    for (Py_ssize_t i = 0; i < b; i++) {
+        if (slots[i] < 0 || slots[i] >= n_slots || lengths[i] < 1 || lengths[i] > t_max) {
+            PyErr_SetString(PyExc_ValueError, "a row's cache slot or length is out of range");
+            return NULL;
+        }
+    }
+    /* One query head's scores per thread; they derive from the prompt, so wiped after. */
+    size_t scratch_len = (size_t)threads * (size_t)(t_max + 16);
+    float *scratch = (float *)calloc(scratch_len, sizeof(float));
+    if (scratch == NULL) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    attend(ptr[0], ptr[1], ptr[2], slots, lengths, (uint16_t *)ptr[5], b, h, kvh, t_max, d,
+           window, scale, threads, scratch);
+    Py_END_ALLOW_THREADS
+    explicit_bzero(scratch, scratch_len * sizeof(float));
+    free(scratch);
+    Py_RETURN_NONE;
+#else
+    return NULL;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"available", available, METH_NOARGS, "Whether this CPU runs the kernel."},
     {"linear", linear, METH_VARARGS, "y = x W^T + b for each part (addresses)."},
+    {"attention", attention, METH_VARARGS, "Decode attention over cached keys (addresses)."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bf16", NULL, -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_bf16", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__bf16(void) { return PyModule_Create(&module); }

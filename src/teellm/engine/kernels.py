@@ -98,3 +98,62 @@ class Projection:
         )
         _bf16.linear(x.data_ptr(), rows, k, spec, torch.get_num_threads())
         return outputs
+
+
+def attention_usable(head_dim: int) -> bool:
+    """Whether ``decode_attention`` takes this head size."""
+    return available() and head_dim % 32 == 0 and 32 <= head_dim <= 256
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """Attention of one new token per row over its cached keys and values.
+
+    ``q``: ``[B, H, D]`` bfloat16; caches ``[S, KVH, T, D]`` bfloat16 (query head ``h``
+    reads KV head ``h // (H // KVH)``); ``slots``, ``lengths``: int64 ``[B]``. Row ``b``
+    attends cache positions ``[max(0, lengths[b] - window), lengths[b])`` of slot
+    ``slots[b]`` (all of them when ``window`` is None). Returns ``[B, H, D]`` bfloat16,
+    softmax(q k^T / sqrt(D)) v computed in float32.
+    """
+    if _bf16 is None:
+        raise RuntimeError("the native bfloat16 kernel is not built in this installation")
+    if q.dim() != 3 or k_cache.dim() != 4 or tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ValueError("q must be [B, H, D] and both caches [S, KVH, T, D]")
+    b, h, d = q.shape
+    s, kvh, t, dk = k_cache.shape
+    if dk != d or h % kvh or not attention_usable(d):
+        raise ValueError(f"unsupported attention shape: {h} heads over {kvh}, head size {d}")
+    q = q.contiguous()
+    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if x.dtype != torch.bfloat16 or not x.is_cpu or not x.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous bfloat16 CPU tensor")
+    for name, x in (("slots", slots), ("lengths", lengths)):
+        if x.dtype != torch.int64 or not x.is_cpu or not x.is_contiguous() or x.shape != (b,):
+            raise ValueError(f"{name} must be a contiguous int64 CPU tensor of {b} values")
+    if window is not None and window < 1:
+        raise ValueError("window must be at least 1")
+    out = torch.empty((b, h, d), dtype=torch.bfloat16)
+    _bf16.attention(
+        q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        slots.data_ptr(),
+        lengths.data_ptr(),
+        out.data_ptr(),
+        b,
+        h,
+        kvh,
+        s,
+        t,
+        d,
+        window or 0,
+        d**-0.5,
+        torch.get_num_threads(),
+    )
+    return out

@@ -345,6 +345,11 @@ class Transformer:
         use_packed = (
             self.packed and not few_rows and (bsz * seqlen > 1 or self.dtype != torch.bfloat16)
         )
+        # Decode steps (one token per row) attend with the native kernel, which takes each
+        # row's length instead of a mask.
+        lengths = None
+        if seqlen == 1 and self.native and kernels.attention_usable(hd):
+            lengths = batch.positions[:, 0] + 1
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
             o_proj, down_proj = layer.o, layer.down
@@ -364,22 +369,29 @@ class Transformer:
             k_cache, v_cache = self.k_cache[i], self.v_cache[i]
             k_cache.index_put_(write_idx, k)
             v_cache.index_put_(write_idx, v)
-            if batch.slot_range is not None:
-                a, b = batch.slot_range
-                keys = k_cache[a:b, :, : batch.kv_len]
-                values = v_cache[a:b, :, : batch.kv_len]
+            window = cfg.layer_windows[i]
+            if lengths is not None:
+                attn = kernels.decode_attention(
+                    q.reshape(bsz, nh, hd), k_cache, v_cache, batch.slots, lengths, window
+                )
             else:
-                keys = k_cache[:, :, : batch.kv_len].index_select(0, batch.slots)
-                values = v_cache[:, :, : batch.kv_len].index_select(0, batch.slots)
-            # Grouped-query attention: the query heads sharing a KV head become extra query
-            # rows of that head ([B, kv_heads, group*T, D]); no repeated keys/values, and
-            # CPU SDPA kernels run far faster on this shape than with enable_gqa.
-            attn = F.scaled_dot_product_attention(
-                q.reshape(bsz, nkv, group * seqlen, hd),
-                keys,
-                values,
-                attn_mask=grouped_masks[cfg.layer_windows[i]],
-            )
+                if batch.slot_range is not None:
+                    a, b = batch.slot_range
+                    keys = k_cache[a:b, :, : batch.kv_len]
+                    values = v_cache[a:b, :, : batch.kv_len]
+                else:
+                    keys = k_cache[:, :, : batch.kv_len].index_select(0, batch.slots)
+                    values = v_cache[:, :, : batch.kv_len].index_select(0, batch.slots)
+                # Grouped-query attention: the query heads sharing a KV head become extra
+                # query rows of that head ([B, kv_heads, group*T, D]); no repeated
+                # keys/values, and CPU SDPA kernels run far faster on this shape than with
+                # enable_gqa.
+                attn = F.scaled_dot_product_attention(
+                    q.reshape(bsz, nkv, group * seqlen, hd),
+                    keys,
+                    values,
+                    attn_mask=grouped_masks[window],
+                )
             attn = attn.view(bsz, nh, seqlen, hd)
             x = x + o_proj(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
             h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
