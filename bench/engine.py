@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dims = QUICK if args.quick else FULL
     prompt_len, new_tokens = (16, 8) if args.quick else (64, 64)
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     concurrency = (1, 8)
     hf, source = isolated(lambda: build(dims, seed=0))
     gen = torch.Generator().manual_seed(1)
@@ -274,11 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_generate_batch:
         results["generate_batch"] = "skipped"
     else:
-        gb = isolated(lambda: run_generate_batch(hf, prompts[:8], new_tokens))
-        if gb is None:
+        batch_runs = [
+            isolated(lambda: run_generate_batch(hf, prompts[:8], new_tokens))
+            for _ in range(repeats)
+        ]
+        gb_runs = [r for r in batch_runs if r is not None]
+        if not gb_runs:
             results["generate_batch"] = "absent in this transformers version"
         else:
-            figures["generate_batch_8"] = gb.as_dict()
+            figures["generate_batch_8"] = best(gb_runs).as_dict()
     if args.compile:
         try:
             compiled = make_engine("default", compile_=True)
