@@ -208,6 +208,52 @@ def test_decode_attention_refuses_bad_rows_and_shapes() -> None:
         kernels.decode_attention(q, kc, kc, slots, lengths, 0)
 
 
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference in units of b's last bfloat16 place."""
+    ulp = torch.exp2(torch.floor(torch.log2(b.float().abs().clamp(min=1e-30))) - 7)
+    return ((a.float() - b.float()).abs() / ulp).max().item()
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, kernels.MAX_ROWS),
+    n=st.integers(1, 300),
+    scale=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_norm_and_gate_match_torch(rows: int, n: int, scale: float, seed: int) -> None:
+    from teellm.engine.model import rms_norm
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, 1, n, generator=gen) * scale).bfloat16()
+    delta = (torch.randn(rows, 1, n, generator=gen) * scale).bfloat16()
+    w = torch.randn(n, generator=gen).bfloat16()
+    s, h = kernels.rms_norm(x, w, 1e-5, residual=delta)
+    assert torch.equal(s, x + delta)  # one float32 sum, one rounding: exact
+    assert _ulps(h, rms_norm(x + delta, w, 1e-5)) <= 1.0
+    same, plain = kernels.rms_norm(x, w, 1e-5)
+    assert same is x and _ulps(plain, rms_norm(x, w, 1e-5)) <= 1.0
+    gate = (torch.randn(rows, n, generator=gen) * scale).bfloat16()
+    up = torch.randn(rows, n, generator=gen).bfloat16()
+    assert _ulps(kernels.silu_mul(gate, up), F.silu(gate) * up) <= 1.0
+
+
+@needs_kernel
+def test_norm_and_gate_refuse_mismatches() -> None:
+    x = torch.randn(2, 8).bfloat16()
+    with pytest.raises(ValueError, match="x must have 7 columns"):
+        kernels.rms_norm(x, torch.ones(7).bfloat16(), 1e-5)
+    with pytest.raises(ValueError, match="contiguous bfloat16"):
+        kernels.rms_norm(x.float(), torch.ones(8).bfloat16(), 1e-5)
+    with pytest.raises(ValueError, match="residual has shape"):
+        kernels.rms_norm(x, torch.ones(8).bfloat16(), 1e-5, residual=x[:1])
+    with pytest.raises(ValueError, match="gate has shape"):
+        kernels.silu_mul(x, x[:1])
+    with pytest.raises(ValueError, match="contiguous bfloat16"):
+        kernels.silu_mul(x.T, x.T)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("m"), dtype="bfloat16")

@@ -272,6 +272,75 @@ TARGET static void attend(const uint16_t *q, const uint16_t *kc, const uint16_t 
     }
 }
 
+/* ---- element-wise steps of a decode step --------------------------------------------
+ * A decode step's element-wise work is a few thousand values per row; as torch ops each
+ * costs one dispatch and one parallel region (about 20 us), more than the arithmetic.
+ * These run on the calling thread and round where the reference model rounds. */
+
+TARGET static inline __m512 load_bf16_masked(const uint16_t *p, __mmask16 mask) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+/* float32 -> bfloat16 -> float32: round to nearest even, as torch does. */
+TARGET static inline __m512 round_bf16(__m512 v) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+TARGET static inline void store_bf16_masked(uint16_t *p, __m512 v, __mmask16 mask) {
+    _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __mmask16 tail_mask(long left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+/* Per row: s = x (+ delta, rounded, written to x_out); h = w * (s / rms(s)), rounded
+ * after the normalisation and after the scaling, as weight * rms_norm(s.float()).to(bf16). */
+TARGET static void norm_rows(const uint16_t *x, const uint16_t *delta, const uint16_t *w,
+                             uint16_t *x_out, uint16_t *h_out, long rows, long n, float eps) {
+    for (long r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * n;
+        __m512 sq = _mm512_setzero_ps();
+        for (long i = 0; i < n; i += 16) {
+            __mmask16 mask = tail_mask(n - i);
+            __m512 v = load_bf16_masked(xr + i, mask);
+            if (delta) {
+                v = round_bf16(_mm512_add_ps(v, load_bf16_masked(delta + r * n + i, mask)));
+                store_bf16_masked(x_out + r * n + i, v, mask);
+            }
+            sq = _mm512_fmadd_ps(v, v, sq);
+        }
+        float scale = 1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)n + eps);
+        const uint16_t *sr = delta ? x_out + r * n : xr;
+        __m512 vs = _mm512_set1_ps(scale);
+        for (long i = 0; i < n; i += 16) {
+            __mmask16 mask = tail_mask(n - i);
+            __m512 y = round_bf16(_mm512_mul_ps(load_bf16_masked(sr + i, mask), vs));
+            store_bf16_masked(h_out + r * n + i, _mm512_mul_ps(y, load_bf16_masked(w + i, mask)),
+                              mask);
+        }
+    }
+}
+
+/* exp for the whole float range (see exp_neg); large arguments saturate to 0 or inf. */
+TARGET static inline __m512 exp_any(__m512 x) {
+    return exp_neg(_mm512_min_ps(x, _mm512_set1_ps(88.0f)));
+}
+
+/* out = silu(gate) * up, rounding after the activation and after the product. */
+TARGET static void silu_mul(const uint16_t *gate, const uint16_t *up, uint16_t *out, long n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (long i = 0; i < n; i += 16) {
+        __mmask16 mask = tail_mask(n - i);
+        __m512 g = load_bf16_masked(gate + i, mask);
+        __m512 act = _mm512_div_ps(g, _mm512_add_ps(one, exp_any(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        store_bf16_masked(out + i, _mm512_mul_ps(round_bf16(act), load_bf16_masked(up + i, mask)),
+                          mask);
+    }
+}
+
 #endif /* HAVE_KERNEL */
 
 static int kernel_ok = -1;
@@ -391,10 +460,74 @@ static PyObject *attention(PyObject *self, PyObject *args) {
 #endif
 }
 
+static int kernel_ready(void) {
+    if (kernel_ok < 0) kernel_ok = cpu_supported();
+    if (!kernel_ok) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
+    return kernel_ok;
+}
+
+/* norm(x, delta, w, x_out, h_out, rows, n, eps): delta and x_out may be 0 (no residual). */
+static PyObject *norm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[5];
+    Py_ssize_t rows, n;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOOnnf", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4],
+                          &rows, &n, &eps))
+        return NULL;
+    if (!kernel_ready()) return NULL;
+    if (rows < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "invalid sizes");
+        return NULL;
+    }
+#if HAVE_KERNEL
+    const void *ptr[5];
+    static const int nullable[5] = {0, 1, 0, 1, 0};
+    for (int i = 0; i < 5; i++)
+        if (address(objs[i], &ptr[i], nullable[i]) < 0) return NULL;
+    if ((ptr[1] == NULL) != (ptr[3] == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "a residual needs an output for the sum");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    norm_rows(ptr[0], ptr[1], ptr[2], (uint16_t *)ptr[3], (uint16_t *)ptr[4], rows, n, eps);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return NULL;
+#endif
+}
+
+/* silu_mul(gate, up, out, n) */
+static PyObject *silu_mul_py(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[3];
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OOOn", &objs[0], &objs[1], &objs[2], &n)) return NULL;
+    if (!kernel_ready()) return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "invalid sizes");
+        return NULL;
+    }
+#if HAVE_KERNEL
+    const void *ptr[3];
+    for (int i = 0; i < 3; i++)
+        if (address(objs[i], &ptr[i], 0) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    silu_mul(ptr[0], ptr[1], (uint16_t *)ptr[2], n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return NULL;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"available", available, METH_NOARGS, "Whether this CPU runs the kernel."},
     {"linear", linear, METH_VARARGS, "y = x W^T + b for each part (addresses)."},
     {"attention", attention, METH_VARARGS, "Decode attention over cached keys (addresses)."},
+    {"norm", norm, METH_VARARGS, "RMS norm of rows, optionally after a residual add."},
+    {"silu_mul", silu_mul_py, METH_VARARGS, "silu(gate) * up."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -157,3 +157,59 @@ def decode_attention(
         torch.get_num_threads(),
     )
     return out
+
+
+def _check_rows(name: str, x: torch.Tensor, n: int) -> int:
+    if x.dtype != torch.bfloat16 or not x.is_cpu or not x.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous bfloat16 CPU tensor")
+    if x.dim() < 1 or x.shape[-1] != n or x.numel() == 0:
+        raise ValueError(f"{name} must have {n} columns, not shape {tuple(x.shape)}")
+    return x.numel() // n
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, *, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, weight * rms_norm(s))`` with ``s = x + residual`` (or ``x``), rounded to
+    bfloat16 where ``weight * F.rms_norm(s.float(), ...).to(bfloat16)`` rounds. For the
+    few rows of a decode step (one thread)."""
+    if _bf16 is None:
+        raise RuntimeError("the native bfloat16 kernel is not built in this installation")
+    n = weight.shape[-1]
+    if weight.dim() != 1:
+        raise ValueError("weight must be 1-D")
+    _check_rows("weight", weight, n)
+    rows = _check_rows("x", x, n)
+    h = torch.empty_like(x)
+    if residual is None:
+        _bf16.norm(x.data_ptr(), 0, weight.data_ptr(), 0, h.data_ptr(), rows, n, eps)
+        return x, h
+    if residual.shape != x.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)}, x {tuple(x.shape)}")
+    _check_rows("residual", residual, n)
+    s = torch.empty_like(x)
+    _bf16.norm(
+        x.data_ptr(),
+        residual.data_ptr(),
+        weight.data_ptr(),
+        s.data_ptr(),
+        h.data_ptr(),
+        rows,
+        n,
+        eps,
+    )
+    return s, h
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``F.silu(gate) * up`` for bfloat16 tensors of one shape (one thread)."""
+    if _bf16 is None:
+        raise RuntimeError("the native bfloat16 kernel is not built in this installation")
+    if gate.shape != up.shape:
+        raise ValueError(f"gate has shape {tuple(gate.shape)}, up {tuple(up.shape)}")
+    n = gate.shape[-1] if gate.dim() else 0
+    _check_rows("gate", gate, n)
+    _check_rows("up", up, n)
+    out = torch.empty_like(gate)
+    _bf16.silu_mul(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
+    return out

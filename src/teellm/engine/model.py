@@ -350,8 +350,9 @@ class Transformer:
         lengths = None
         if seqlen == 1 and self.native and kernels.attention_usable(hd):
             lengths = batch.positions[:, 0] + 1
+        delta = None  # each block's output, added to x by the norm that follows it
         for i, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+            x, h = self._add_norm(x, delta, layer.attn_norm, few_rows)
             o_proj, down_proj = layer.o, layer.down
             if use_packed and layer.qkv and layer.o_packed and layer.down_packed:
                 q, k, v = layer.qkv(h).split(layer.qkv.sizes, dim=-1)
@@ -393,16 +394,31 @@ class Transformer:
                     attn_mask=grouped_masks[window],
                 )
             attn = attn.view(bsz, nh, seqlen, hd)
-            x = x + o_proj(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
-            h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
+            o = o_proj(attn.transpose(1, 2).reshape(bsz, seqlen, nh * hd))
+            x, h = self._add_norm(x, o, layer.mlp_norm, few_rows)
             if use_packed and layer.gate_up is not None:
                 gate, up = layer.gate_up(h).split(layer.gate_up.sizes, dim=-1)
             else:
                 gate, up = layer.mlp_in(h)
-            x = x + down_proj(F.silu(gate) * up)
-        if batch.last is not None:
-            x = x[torch.arange(bsz), batch.last]
-        return self.lm_head(rms_norm(x, self.norm, cfg.rms_norm_eps)).float()
+            act = kernels.silu_mul(gate, up) if few_rows else F.silu(gate) * up
+            delta = down_proj(act)
+        if batch.last is None:
+            _, h = self._add_norm(x, delta, self.norm, few_rows)
+        else:
+            x = (x if delta is None else x + delta)[torch.arange(bsz), batch.last]
+            _, h = self._add_norm(x, None, self.norm, self.native and bsz <= kernels.MAX_ROWS)
+        return self.lm_head(h).float()
+
+    def _add_norm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, native: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x + delta`` (the residual stream) and its RMS norm: one native call on the
+        few rows of a decode step, torch otherwise (same rounding points)."""
+        if native:
+            return kernels.rms_norm(x, weight, self.cfg.rms_norm_eps, residual=delta)
+        if delta is not None:
+            x = x + delta
+        return x, rms_norm(x, weight, self.cfg.rms_norm_eps)
 
     @torch.inference_mode()
     def forward_all(self, tokens: torch.Tensor) -> torch.Tensor:
