@@ -254,6 +254,70 @@ def test_norm_and_gate_refuse_mismatches() -> None:
         kernels.silu_mul(x.T, x.T)
 
 
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 5),
+    kv_heads=st.integers(1, 3),
+    group=st.integers(1, 3),
+    d=st.integers(1, 70).map(lambda n: 2 * n),
+    seed=st.integers(0, 2**16),
+)
+def test_rope_and_cache_match_torch(b: int, kv_heads: int, group: int, d: int, seed: int) -> None:
+    from teellm.engine.model import rotate
+
+    gen = torch.Generator().manual_seed(seed)
+    n_slots, t_max, h = b + 1, 12, kv_heads * group
+    q = torch.randn(b, 1, h * d, generator=gen).bfloat16()
+    k = torch.randn(b, 1, kv_heads * d, generator=gen).bfloat16()
+    v = torch.randn(b, 1, kv_heads * d, generator=gen).bfloat16()
+    rope = torch.randn(2, t_max, d, generator=gen).bfloat16()
+    positions = torch.randint(0, t_max, (b,), generator=gen)
+    slots = torch.randperm(n_slots, generator=gen)[:b].contiguous()
+    k_cache = torch.randn(n_slots, kv_heads, t_max, d, generator=gen).bfloat16()
+    v_cache = torch.randn(n_slots, kv_heads, t_max, d, generator=gen).bfloat16()
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    out = kernels.rope_and_cache(q, k, v, rope, positions, slots, k_cache, v_cache)
+    cos, sin = rope[0][positions][:, None, :], rope[1][positions][:, None, :]
+    assert torch.equal(out, rotate(q.view(b, h, d), cos, sin))  # same roundings: same bits
+    k_rot = rotate(k.view(b, kv_heads, d), cos, sin)
+    for row in range(b):
+        slot, pos = int(slots[row]), int(positions[row])
+        assert torch.equal(k_cache[slot, :, pos], k_rot[row])
+        assert torch.equal(v_cache[slot, :, pos], v.view(b, kv_heads, d)[row])
+        k_cache[slot, :, pos], v_cache[slot, :, pos] = (
+            k_before[slot, :, pos],
+            v_before[slot, :, pos],
+        )
+    assert torch.equal(k_cache, k_before) and torch.equal(v_cache, v_before)  # nothing else
+
+
+@needs_kernel
+def test_rope_and_cache_refuse_rows_out_of_range() -> None:
+    q, k = torch.randn(2, 4 * 8).bfloat16(), torch.randn(2, 2 * 8).bfloat16()
+    rope = torch.randn(2, 6, 8).bfloat16()
+    cache = torch.zeros(3, 2, 10, 8).bfloat16()
+    slots, positions = torch.tensor([0, 2]), torch.tensor([0, 5])
+    written = cache.clone()
+    kernels.rope_and_cache(q, k, k, rope, positions, slots, written, written.clone())
+    assert written.any()
+    cases = [
+        (positions, torch.tensor([0, 3]), "slot or position is out of range"),
+        (torch.tensor([0, 6]), slots, "slot or position is out of range"),  # past the table
+        (torch.tensor([-1, 0]), slots, "slot or position is out of range"),
+        (positions.int(), slots, "int64"),
+    ]
+    for pos, slot, message in cases:
+        with pytest.raises(ValueError, match=message):
+            kernels.rope_and_cache(q, k, k, rope, pos, slot, cache, cache.clone())
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.rope_and_cache(q[:, :30], k, k, rope, positions, slots, cache, cache.clone())
+    with pytest.raises(ValueError, match="even D"):
+        odd = torch.zeros(3, 2, 10, 7).bfloat16()
+        kernels.rope_and_cache(q, k, k, rope[..., :7], positions, slots, odd, odd.clone())
+    assert not cache.any()  # refused calls wrote nothing
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("m"), dtype="bfloat16")

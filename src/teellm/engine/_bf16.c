@@ -341,6 +341,43 @@ TARGET static void silu_mul(const uint16_t *gate, const uint16_t *up, uint16_t *
     }
 }
 
+/* One head vector rotated by the rotary tables at one position, rounding like
+ * x * cos + rotate_half(x) * sin in bfloat16 (rotate_half(x) = [-x2, x1]). */
+TARGET static void rotate_head(const uint16_t *x, const uint16_t *c, const uint16_t *s,
+                               uint16_t *out, long d) {
+    long half = d / 2;
+    for (int part = 0; part < 2; part++) {
+        long base = part * half, other = part ? 0 : half;
+        __m512 sign = _mm512_set1_ps(part ? 1.0f : -1.0f);
+        for (long i = 0; i < half; i += 16) {
+            __mmask16 mask = tail_mask(half - i);
+            __m512 xv = load_bf16_masked(x + base + i, mask);
+            __m512 rh = _mm512_mul_ps(sign, load_bf16_masked(x + other + i, mask));
+            __m512 a = round_bf16(_mm512_mul_ps(xv, load_bf16_masked(c + base + i, mask)));
+            __m512 b = round_bf16(_mm512_mul_ps(rh, load_bf16_masked(s + base + i, mask)));
+            store_bf16_masked(out + base + i, _mm512_add_ps(a, b), mask);
+        }
+    }
+}
+
+/* Decode step: rotate q into q_out; rotate k and copy v into the caches at each row's
+ * slot and position. */
+TARGET static void rope_cache(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                              const uint16_t *cos, const uint16_t *sin, const int64_t *pos,
+                              const int64_t *slots, uint16_t *kc, uint16_t *vc, uint16_t *q_out,
+                              long b, long h, long kvh, long d, long t_max) {
+    for (long r = 0; r < b; r++) {
+        const uint16_t *c = cos + pos[r] * d, *s = sin + pos[r] * d;
+        for (long head = 0; head < h; head++)
+            rotate_head(q + (r * h + head) * d, c, s, q_out + (r * h + head) * d, d);
+        for (long j = 0; j < kvh; j++) {
+            long at = ((slots[r] * kvh + j) * t_max + pos[r]) * d;
+            rotate_head(k + (r * kvh + j) * d, c, s, kc + at, d);
+            memcpy(vc + at, v + (r * kvh + j) * d, (size_t)d * sizeof(uint16_t));
+        }
+    }
+}
+
 #endif /* HAVE_KERNEL */
 
 static int kernel_ok = -1;
@@ -522,12 +559,51 @@ static PyObject *silu_mul_py(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* rope_cache(q, k, v, cos, sin, pos, slots, k_cache, v_cache, q_out, b, h, kvh, d, n_slots,
+ * t_max, rope_len): every row's slot and position are checked before anything is read. */
+static PyObject *rope_cache_py(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[10];
+    Py_ssize_t b, h, kvh, d, n_slots, t_max, rope_len;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOnnnnnnn", &objs[0], &objs[1], &objs[2], &objs[3],
+                          &objs[4], &objs[5], &objs[6], &objs[7], &objs[8], &objs[9], &b, &h,
+                          &kvh, &d, &n_slots, &t_max, &rope_len))
+        return NULL;
+    if (!kernel_ready()) return NULL;
+    if (b < 1 || h < 1 || kvh < 1 || d < 2 || d % 2 || n_slots < 1 || t_max < 1 ||
+        rope_len < 1) {
+        PyErr_SetString(PyExc_ValueError, "invalid sizes");
+        return NULL;
+    }
+#if HAVE_KERNEL
+    const void *ptr[10];
+    for (int i = 0; i < 10; i++)
+        if (address(objs[i], &ptr[i], 0) < 0) return NULL;
+    const int64_t *pos = ptr[5], *slots = ptr[6];
+    for (Py_ssize_t i = 0; i < b; i++) {
+        if (slots[i] < 0 || slots[i] >= n_slots || pos[i] < 0 || pos[i] >= t_max ||
+            pos[i] >= rope_len) {
+            PyErr_SetString(PyExc_ValueError, "a row's cache slot or position is out of range");
+            return NULL;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rope_cache(ptr[0], ptr[1], ptr[2], ptr[3], ptr[4], pos, slots, (uint16_t *)ptr[7],
+               (uint16_t *)ptr[8], (uint16_t *)ptr[9], b, h, kvh, d, t_max);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return NULL;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"available", available, METH_NOARGS, "Whether this CPU runs the kernel."},
     {"linear", linear, METH_VARARGS, "y = x W^T + b for each part (addresses)."},
     {"attention", attention, METH_VARARGS, "Decode attention over cached keys (addresses)."},
     {"norm", norm, METH_VARARGS, "RMS norm of rows, optionally after a residual add."},
     {"silu_mul", silu_mul_py, METH_VARARGS, "silu(gate) * up."},
+    {"rope_cache", rope_cache_py, METH_VARARGS, "Rotary embedding and KV cache write."},
     {NULL, NULL, 0, NULL},
 };
 

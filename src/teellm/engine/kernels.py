@@ -213,3 +213,64 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(gate)
     _bf16.silu_mul(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
     return out
+
+
+def rope_and_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rope: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """One decode step's rotary embedding and cache write: ``k`` rotated and ``v`` stored
+    at each row's slot and position, ``q`` rotated and returned as ``[B, H, D]``.
+
+    ``q``: ``B * H * D`` values, ``k``/``v``: ``B * KVH * D`` (each contiguous, any
+    shape); ``rope``: ``[2, L, D]`` cos/sin tables; ``positions``, ``slots``: int64 ``[B]``;
+    caches ``[S, KVH, T, D]``. Rounds like ``x * cos + rotate_half(x) * sin`` in bfloat16.
+    """
+    if _bf16 is None:
+        raise RuntimeError("the native bfloat16 kernel is not built in this installation")
+    if k_cache.dim() != 4 or tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ValueError("both caches must be [S, KVH, T, D]")
+    n_slots, kvh, t_max, d = k_cache.shape
+    b = positions.shape[0] if positions.dim() == 1 else 0
+    if b < 1 or rope.dim() != 3 or rope.shape[0] != 2 or rope.shape[2] != d or d % 2:
+        raise ValueError("positions must be [B] and rope [2, L, D] with an even D")
+    h = q.numel() // (b * d)
+    if q.numel() != b * h * d or h < 1 or h % kvh or k.numel() != b * kvh * d:
+        raise ValueError(f"q, k and v do not fit {b} rows of {kvh} KV heads of size {d}")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    named = (("q", q), ("k", k), ("v", v), ("rope", rope), ("k_cache", k_cache))
+    for name, x in (*named, ("v_cache", v_cache)):
+        if x.dtype != torch.bfloat16 or not x.is_cpu or not x.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous bfloat16 CPU tensor")
+    if v.numel() != k.numel():
+        raise ValueError("k and v must have the same size")
+    for name, x in (("positions", positions), ("slots", slots)):
+        if x.dtype != torch.int64 or not x.is_cpu or not x.is_contiguous() or x.shape != (b,):
+            raise ValueError(f"{name} must be a contiguous int64 CPU tensor of {b} values")
+    out = torch.empty((b, h, d), dtype=torch.bfloat16)
+    _bf16.rope_cache(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        rope[0].data_ptr(),
+        rope[1].data_ptr(),
+        positions.data_ptr(),
+        slots.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        out.data_ptr(),
+        b,
+        h,
+        kvh,
+        d,
+        n_slots,
+        t_max,
+        rope.shape[1],
+    )
+    return out

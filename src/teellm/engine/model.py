@@ -332,24 +332,27 @@ class Transformer:
         cfg = self.cfg
         bsz, seqlen = batch.tokens.shape
         x = F.embedding(batch.tokens, self.embed)
-        cos = self.rope[0][batch.positions].unsqueeze(1)
-        sin = self.rope[1][batch.positions].unsqueeze(1)
-        write_idx = (batch.slots[:, None, None], self._heads, batch.positions[:, None, :])
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         group = nh // nkv
-        grouped_masks = {
-            w: m if m is None or group == 1 or seqlen == 1 else m.repeat(1, 1, group, 1)
-            for w, m in batch.masks.items()
-        }
         few_rows = self.native and bsz * seqlen <= kernels.MAX_ROWS
         use_packed = (
             self.packed and not few_rows and (bsz * seqlen > 1 or self.dtype != torch.bfloat16)
         )
-        # Decode steps (one token per row) attend with the native kernel, which takes each
-        # row's length instead of a mask.
-        lengths = None
+        # Decode steps (one token per row) rotate, write the cache and attend with the
+        # native kernels, which take each row's position instead of index tensors and a
+        # mask; other steps use torch.
+        positions = lengths = None
         if seqlen == 1 and self.native and kernels.attention_usable(hd):
-            lengths = batch.positions[:, 0] + 1
+            positions = batch.positions[:, 0].contiguous()
+            lengths = positions + 1
+        else:
+            cos = self.rope[0][batch.positions].unsqueeze(1)
+            sin = self.rope[1][batch.positions].unsqueeze(1)
+            write_idx = (batch.slots[:, None, None], self._heads, batch.positions[:, None, :])
+            grouped_masks = {
+                w: m if m is None or group == 1 or seqlen == 1 else m.repeat(1, 1, group, 1)
+                for w, m in batch.masks.items()
+            }
         delta = None  # each block's output, added to x by the norm that follows it
         for i, layer in enumerate(self.layers):
             x, h = self._add_norm(x, delta, layer.attn_norm, few_rows)
@@ -359,23 +362,21 @@ class Transformer:
                 o_proj, down_proj = layer.o_packed, layer.down_packed
             else:
                 q, k, v = layer.attn_in(h)
-            q = q.view(bsz, seqlen, nh, hd)
-            k = k.view(bsz, seqlen, nkv, hd)
-            v = v.view(bsz, seqlen, nkv, hd).transpose(1, 2)
             if layer.q_norm is not None and layer.k_norm is not None:
-                q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
-                k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-            q = rotate(q.transpose(1, 2), cos, sin)
-            k = rotate(k.transpose(1, 2), cos, sin)
+                q = rms_norm(q.view(bsz, seqlen, nh, hd), layer.q_norm, cfg.rms_norm_eps)
+                k = rms_norm(k.view(bsz, seqlen, nkv, hd), layer.k_norm, cfg.rms_norm_eps)
             k_cache, v_cache = self.k_cache[i], self.v_cache[i]
-            k_cache.index_put_(write_idx, k)
-            v_cache.index_put_(write_idx, v)
             window = cfg.layer_windows[i]
-            if lengths is not None:
-                attn = kernels.decode_attention(
-                    q.reshape(bsz, nh, hd), k_cache, v_cache, batch.slots, lengths, window
+            if positions is not None and lengths is not None:
+                q = kernels.rope_and_cache(
+                    q, k, v, self.rope, positions, batch.slots, k_cache, v_cache
                 )
+                attn = kernels.decode_attention(q, k_cache, v_cache, batch.slots, lengths, window)
             else:
+                q = rotate(q.view(bsz, seqlen, nh, hd).transpose(1, 2), cos, sin)
+                k = rotate(k.view(bsz, seqlen, nkv, hd).transpose(1, 2), cos, sin)
+                k_cache.index_put_(write_idx, k)
+                v_cache.index_put_(write_idx, v.view(bsz, seqlen, nkv, hd).transpose(1, 2))
                 if batch.slot_range is not None:
                     a, b = batch.slot_range
                     keys = k_cache[a:b, :, : batch.kv_len]
