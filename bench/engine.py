@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
 
-    from teellm.engine import Engine, EngineOptions
+    from teellm.engine import Engine, EngineOptions, kernels
     from teellm.engine.config import parameter_count
     from teellm.settings import ModelSettings
 
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "native_kernels": kernels.available(),
     }
     figures: dict[str, dict[str, Any]] = {}
     isolated(lambda: run_generate(hf, prompts[:1], 2))  # warm-up
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model: {results['model']['parameters'] / 1e6:.1f}M parameters, bfloat16, "
         f"{prompt_len}-token prompts, {new_tokens} new tokens, greedy, "
-        f"{results['threads']} threads"
+        f"{results['threads']} threads, native kernels "
+        f"{'on' if results['native_kernels'] else 'unavailable'}"
     )
     print(f"{'system':<22}{'decode tok/s':>14}{'TTFT s':>10}{'e2e tok/s':>12}{'wall s':>10}")
     for name, f in figures.items():
