@@ -48,8 +48,9 @@ class EngineOptions:
     fusing q/k/v and gate/up (faster batched decoding on CPU, but the packed copy is
     ordinary memory outside the protected arena and doubles weight memory; off by default);
     ``native_kernels``: bfloat16 decode steps (up to teellm.engine.kernels.MAX_ROWS rows)
-    use the native AVX-512 BF16 kernel over the weights in place, where it is built and
-    the CPU has it (``Engine.model.native`` says whether it is in use).
+    use the native AVX-512 BF16 kernels (matrix products over the weights in place,
+    attention, norms, rotary), where they are built and the CPU has them
+    (``Engine.model.native`` says whether they are in use).
     """
 
     max_seq_len: int | None = None
