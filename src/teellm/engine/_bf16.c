@@ -389,6 +389,12 @@ static PyObject *available(PyObject *self, PyObject *noargs) {
     return PyBool_FromLong(kernel_ok);
 }
 
+static int kernel_ready(void) {
+    if (kernel_ok < 0) kernel_ok = cpu_supported();
+    if (!kernel_ok) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
+    return kernel_ok;
+}
+
 static int address(PyObject *obj, const void **out, int allow_null) {
     void *p = PyLong_AsVoidPtr(obj);
     if (p == NULL && PyErr_Occurred()) return -1;
@@ -397,6 +403,13 @@ static int address(PyObject *obj, const void **out, int allow_null) {
         return -1;
     }
     *out = p;
+    return 0;
+}
+
+/* n addresses from objs into ptr; nullable[i] (or all, if nullable is NULL) may be 0. */
+static int addresses(PyObject **objs, const void **ptr, int n, const int *nullable) {
+    for (int i = 0; i < n; i++)
+        if (address(objs[i], &ptr[i], nullable ? nullable[i] : 0) < 0) return -1;
     return 0;
 }
 
@@ -409,11 +422,7 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     int threads;
     if (!PyArg_ParseTuple(args, "OnnO!i", &x_obj, &m, &k, &PyTuple_Type, &parts_obj, &threads))
         return NULL;
-    if (kernel_ok < 0) kernel_ok = cpu_supported();
-    if (!kernel_ok) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
-        return NULL;
-    }
+    if (!kernel_ready()) return NULL;
     Py_ssize_t nparts = PyTuple_GET_SIZE(parts_obj);
     if (m < 1 || k < 1 || threads < 1 || nparts < 1 || nparts > MAX_PARTS) {
         PyErr_SetString(PyExc_ValueError, "invalid sizes");
@@ -460,11 +469,7 @@ static PyObject *attention(PyObject *self, PyObject *args) {
                           &objs[4], &objs[5], &b, &h, &kvh, &n_slots, &t_max, &d, &window,
                           &scale, &threads))
         return NULL;
-    if (kernel_ok < 0) kernel_ok = cpu_supported();
-    if (!kernel_ok) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
-        return NULL;
-    }
+    if (!kernel_ready()) return NULL;
     if (b < 1 || h < 1 || kvh < 1 || h % kvh || n_slots < 1 || t_max < 1 || d < 32 ||
         d % 32 || d > 256 || window < 0 || threads < 1) {
         PyErr_SetString(PyExc_ValueError, "invalid sizes");
@@ -472,8 +477,7 @@ static PyObject *attention(PyObject *self, PyObject *args) {
     }
 #if HAVE_KERNEL
     const void *ptr[6];
-    for (int i = 0; i < 6; i++)
-        if (address(objs[i], &ptr[i], 0) < 0) return NULL;
+    if (addresses(objs, ptr, 6, NULL) < 0) return NULL;
     const int64_t *slots = ptr[3], *lengths = ptr[4];
     for (Py_ssize_t i = 0; i < b; i++) {
         if (slots[i] < 0 || slots[i] >= n_slots || lengths[i] < 1 || lengths[i] > t_max) {
@@ -497,12 +501,6 @@ static PyObject *attention(PyObject *self, PyObject *args) {
 #endif
 }
 
-static int kernel_ready(void) {
-    if (kernel_ok < 0) kernel_ok = cpu_supported();
-    if (!kernel_ok) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
-    return kernel_ok;
-}
-
 /* norm(x, delta, w, x_out, h_out, rows, n, eps): delta and x_out may be 0 (no residual). */
 static PyObject *norm(PyObject *self, PyObject *args) {
     (void)self;
@@ -520,8 +518,7 @@ static PyObject *norm(PyObject *self, PyObject *args) {
 #if HAVE_KERNEL
     const void *ptr[5];
     static const int nullable[5] = {0, 1, 0, 1, 0};
-    for (int i = 0; i < 5; i++)
-        if (address(objs[i], &ptr[i], nullable[i]) < 0) return NULL;
+    if (addresses(objs, ptr, 5, nullable) < 0) return NULL;
     if ((ptr[1] == NULL) != (ptr[3] == NULL)) {
         PyErr_SetString(PyExc_ValueError, "a residual needs an output for the sum");
         return NULL;
@@ -548,8 +545,7 @@ static PyObject *silu_mul_py(PyObject *self, PyObject *args) {
     }
 #if HAVE_KERNEL
     const void *ptr[3];
-    for (int i = 0; i < 3; i++)
-        if (address(objs[i], &ptr[i], 0) < 0) return NULL;
+    if (addresses(objs, ptr, 3, NULL) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     silu_mul(ptr[0], ptr[1], (uint16_t *)ptr[2], n);
     Py_END_ALLOW_THREADS
@@ -577,8 +573,7 @@ static PyObject *rope_cache_py(PyObject *self, PyObject *args) {
     }
 #if HAVE_KERNEL
     const void *ptr[10];
-    for (int i = 0; i < 10; i++)
-        if (address(objs[i], &ptr[i], 0) < 0) return NULL;
+    if (addresses(objs, ptr, 10, NULL) < 0) return NULL;
     const int64_t *pos = ptr[5], *slots = ptr[6];
     for (Py_ssize_t i = 0; i < b; i++) {
         if (slots[i] < 0 || slots[i] >= n_slots || pos[i] < 0 || pos[i] >= t_max ||
