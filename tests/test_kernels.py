@@ -392,3 +392,6 @@ def test_engine_option_turns_the_kernel_off(model_dir: Path) -> None:
         assert on.model.native == kernels.available()
     with Engine(source, ModelSettings(precision="float32"), model_id="m") as fp32:
         assert not fp32.model.native  # the kernel is for bfloat16 weights only
+    compiled = EngineOptions(compile=True)  # compiles lazily: building it is cheap
+    with Engine(source, ModelSettings(), model_id="m", options=compiled) as engine:
+        assert not engine.model.native

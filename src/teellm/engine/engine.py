@@ -50,7 +50,7 @@ class EngineOptions:
     ``native_kernels``: bfloat16 decode steps (up to teellm.engine.kernels.MAX_ROWS rows)
     use the native AVX-512 BF16 kernels (matrix products over the weights in place,
     attention, norms, rotary), where they are built and the CPU has them
-    (``Engine.model.native`` says whether they are in use).
+    (``Engine.model.native`` says whether they are in use); ``compile`` turns them off.
     """
 
     max_seq_len: int | None = None
@@ -95,7 +95,8 @@ class Engine:
                 precision=settings.precision,
                 arena=self.arena,
                 pack_weights=opts.pack_weights,
-                native_kernels=opts.native_kernels,
+                # Compiled graphs would break at every native call: one or the other.
+                native_kernels=opts.native_kernels and not opts.compile,
             )
         )
         if opts.compile:
