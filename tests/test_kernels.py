@@ -323,10 +323,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("m"), dtype="bfloat16")
 
 
+@pytest.fixture(scope="module")
+def wide_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Head size 32: decode attention and rotary run natively too (16 does not)."""
+    root = tmp_path_factory.mktemp("w")
+    return make_model_dir(root, dtype="bfloat16", hidden=128, heads=4, kv_heads=2)
+
+
 @needs_kernel
-def test_model_decodes_with_the_kernel_like_torch(model_dir: Path) -> None:
+@pytest.mark.parametrize("which", ["model_dir", "wide_model_dir"])
+def test_model_decodes_with_the_kernel_like_torch(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir = request.getfixturevalue(which)
     source = ModelSource.from_dir(model_dir)
     cfg = ModelConfig.from_json((model_dir / "config.json").read_bytes(), {})
+    assert kernels.attention_usable(cfg.head_dim) == (which == "wide_model_dir")
     native = Transformer(cfg, source.tensors, native_kernels=True)
     plain = Transformer(cfg, source.tensors, native_kernels=False)
     assert native.native and not plain.native
@@ -355,13 +367,13 @@ def test_sliding_window_model_decodes_rows_of_different_lengths_like_torch(
     import json
     import shutil
 
-    root = make_model_dir(tmp_path / "base", dtype="bfloat16")
+    root = make_model_dir(tmp_path / "base", dtype="bfloat16", hidden=128, heads=4, kv_heads=2)
     config = json.loads((root / "config.json").read_text())
     config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=5)
     (root / "config.json").write_text(json.dumps(config))
     source = ModelSource.from_dir(root)
     cfg = ModelConfig.from_json((root / "config.json").read_bytes(), {})
-    assert cfg.layer_windows[0] == 5
+    assert cfg.layer_windows[0] == 5 and kernels.attention_usable(cfg.head_dim)
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, cfg.vocab_size, (3, 14), generator=gen)
     starts = torch.tensor([14, 9, 6])  # each row's length so far
@@ -395,3 +407,35 @@ def test_engine_option_turns_the_kernel_off(model_dir: Path) -> None:
     compiled = EngineOptions(compile=True)  # compiles lazily: building it is cheap
     with Engine(source, ModelSettings(), model_id="m", options=compiled) as engine:
         assert not engine.model.native
+
+
+@needs_kernel
+def test_bf16_greedy_tokens_are_the_same_alone_and_batched(wide_model_dir: Path) -> None:
+    # Decode rows go through the native kernels, whose rows never depend on the batch;
+    # prompts of different lengths put rows at different positions.
+    import asyncio
+
+    from teellm.engine import GenerationRequest, SamplingParams
+
+    prompts = ["a", "Hello there", "The quick brown fox jumps over", "x y z " * 6, "Q?"]
+
+    def request(i: int) -> GenerationRequest:
+        params = SamplingParams(max_tokens=12 + 3 * i, ignore_eos=True)
+        return GenerationRequest(request_id=str(i), prompt=prompts[i], sampling=params)
+
+    source = ModelSource.from_dir(wide_model_dir)
+    with Engine(source, ModelSettings(batch_size=1), model_id="m") as engine:
+        assert engine.model.native
+        alone = [engine.generate(request(i)).token_ids for i in range(len(prompts))]
+
+    async def together(engine: Engine) -> list[list[int]]:
+        async def one(i: int) -> list[int]:
+            return [t async for d in engine.stream(request(i)) for t in d.token_ids]
+
+        return list(await asyncio.gather(*[one(i) for i in range(len(prompts))]))
+
+    settings = ModelSettings(batch_size=len(prompts))
+    with Engine(source, settings, model_id="m", options=EngineOptions(prefill_chunk=8)) as engine:
+        batched = asyncio.run(together(engine))
+        assert engine.stats.max_batch > 1
+    assert batched == alone
