@@ -20,19 +20,19 @@ import transformers  # imported once for the module (slow import)
 from safetensors.torch import load_file
 
 from teellm.devmodel import make_model_dir
-from teellm.engine import Engine, GenerationRequest, ModelSource, SamplingParams
+from teellm.engine import Engine, GenerationRequest, ModelSource, SamplingParams, kernels
 from teellm.engine.config import ModelConfig
 from teellm.engine.errors import UnsupportedModelError
-from teellm.engine.model import Transformer
+from teellm.engine.model import Batch, Transformer
 from teellm.settings import ModelSettings
 
 VOCAB = 512
-BASE = dict(
-    hidden_size=64,
+BASE = dict(  # head size 32: bf16 decode steps run the native kernels where present
+    hidden_size=128,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    intermediate_size=128,
+    intermediate_size=256,
     vocab_size=VOCAB,
     max_position_embeddings=256,
 )
@@ -104,6 +104,37 @@ def test_bfloat16_logits_close(reference: tuple[torch.nn.Module, Path]) -> None:
         expected = copy.deepcopy(hf).to(torch.bfloat16)(ids).logits[0].float()
     got = _teellm_model(path, "bfloat16").forward_all(ids[0])
     assert (got - expected).abs().max().item() < 0.05
+
+
+def test_bfloat16_decode_steps_close(reference: tuple[torch.nn.Module, Path]) -> None:
+    # Prefill 16 tokens, then decode 8 one at a time (the native kernels' path where
+    # the CPU has them), against transformers' bf16 logits for the whole sequence.
+    hf, path = reference
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = copy.deepcopy(hf).to(torch.bfloat16)(ids).logits[0].float()
+    model = _teellm_model(path, "bfloat16")
+    assert model.native == kernels.available()
+    model.forward_all(ids[0, :16])
+    keys = torch.arange(64)
+    for t in range(16, 24):
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in set(model.cfg.layer_windows):
+            visible = keys[: t + 1] <= t
+            if window is not None:
+                visible &= keys[: t + 1] > t - window
+            masks[window] = visible[None, None, None, :]
+        step = Batch(
+            tokens=ids[:, t : t + 1],
+            positions=torch.tensor([[t]]),
+            slots=torch.zeros(1, dtype=torch.long),
+            slot_range=(0, 1),
+            kv_len=t + 1,
+            masks=masks,
+            last=None,
+        )
+        got = model.forward(step)[0, 0]
+        assert (got - expected[t]).abs().max().item() < 0.05, t
 
 
 def test_greedy_32_tokens_match_generate(reference: tuple[torch.nn.Module, Path]) -> None:
