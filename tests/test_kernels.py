@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from teellm.devmodel import make_model_dir
-from teellm.engine import Engine, EngineOptions, ModelSource, kernels
+from teellm.engine import (
+    Engine,
+    EngineOptions,
+    GenerationRequest,
+    ModelSource,
+    SamplingParams,
+    kernels,
+)
 from teellm.engine.config import ModelConfig
 from teellm.engine.model import Batch, Transformer
 from teellm.settings import ModelSettings
@@ -439,3 +446,21 @@ def test_bf16_greedy_tokens_are_the_same_alone_and_batched(wide_model_dir: Path)
         batched = asyncio.run(together(engine))
         assert engine.stats.max_batch > 1
     assert batched == alone
+
+
+def test_without_the_kernel_the_model_uses_torch(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an installation without a C compiler (or a CPU without AVX-512 BF16) gets.
+    monkeypatch.setattr(kernels, "_bf16", None)
+    assert not kernels.available()
+    w = torch.randn(4, 32).bfloat16()
+    assert not kernels.usable(w, None)
+    with pytest.raises(RuntimeError, match="not built"):
+        kernels.Projection([(w, None)])
+    with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="m") as engine:
+        assert not engine.model.native
+        req = GenerationRequest(
+            request_id="r", prompt="Hello", sampling=SamplingParams(max_tokens=3, ignore_eos=True)
+        )
+        assert len(engine.generate(req).token_ids) == 3
