@@ -422,8 +422,6 @@ def test_bf16_greedy_tokens_are_the_same_alone_and_batched(wide_model_dir: Path)
     # prompts of different lengths put rows at different positions.
     import asyncio
 
-    from teellm.engine import GenerationRequest, SamplingParams
-
     prompts = ["a", "Hello there", "The quick brown fox jumps over", "x y z " * 6, "Q?"]
 
     def request(i: int) -> GenerationRequest:
