@@ -1,19 +1,25 @@
-/* Few-row bfloat16 matrix products for decoding: y = x W^T + b.
+/* Native kernels for bfloat16 decode steps (a handful of rows, one per sequence):
+ * few-row matrix products y = x W^T + b, decode attention over the KV cache, RMS norm
+ * with the residual add, silu(gate) * up, and the rotary embedding with the cache write.
  *
- * Why by hand: for a decode step (a handful of rows) PyTorch either reorders the whole
- * weight matrix into oneDNN's blocked layout on every call or runs a matrix-vector
- * kernel one row at a time, and keeping oneDNN's packed copy instead puts a second
- * plaintext copy of the weights outside protected memory. This kernel reads each
- * weight row once per call, in place, for all the rows of x together, with AVX-512
- * BF16 dot products (VDPBF16PS) accumulating in float32.
+ * Why by hand: for a decode step PyTorch either reorders the whole weight matrix into
+ * oneDNN's blocked layout on every call or runs a matrix-vector kernel one row at a
+ * time, and keeping oneDNN's packed copy instead puts a second plaintext copy of the
+ * weights outside protected memory; the rest of a step is a few thousand values per
+ * row, where each torch operation costs more in dispatch than in arithmetic. The
+ * matrix kernel reads each weight row once per call, in place, for all the rows of x
+ * together, with AVX-512 BF16 dot products (VDPBF16PS) accumulating in float32.
  *
  * Every output y[m][n] is computed the same way whatever M, the tile sizes or the
  * thread count: one float32 accumulator per (m, n) fed 32 products at a time in k
- * order, then one horizontal sum. So a row's result never depends on the batch it is
- * in (greedy decoding is the same alone or batched).
+ * order, then one horizontal sum; attention and the element-wise kernels work row by
+ * row. So a row's result never depends on the batch it is in (greedy decoding is the
+ * same alone or batched).
  *
  * Called only through teellm.engine.kernels, which checks shapes, dtypes and
- * contiguity; this module trusts the addresses it is given.
+ * contiguity; cache slots, positions and lengths are checked here before any access.
+ * Elsewhere this module trusts the addresses it is given. Without x86-64 and GCC or
+ * Clang it builds with available() False.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -391,7 +397,7 @@ static PyObject *available(PyObject *self, PyObject *noargs) {
 
 static int kernel_ready(void) {
     if (kernel_ok < 0) kernel_ok = cpu_supported();
-    if (!kernel_ok) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 BF16");
+    if (!kernel_ok) PyErr_SetString(PyExc_RuntimeError, "the native kernels need x86-64 with AVX-512 BF16");
     return kernel_ok;
 }
 
@@ -407,7 +413,7 @@ static int address(PyObject *obj, const void **out, int allow_null) {
 }
 
 /* n addresses from objs into ptr; nullable[i] (or all, if nullable is NULL) may be 0. */
-static int addresses(PyObject **objs, const void **ptr, int n, const int *nullable) {
+__attribute__((unused)) static int addresses(PyObject **objs, const void **ptr, int n, const int *nullable) {
     for (int i = 0; i < n; i++)
         if (address(objs[i], &ptr[i], nullable ? nullable[i] : 0) < 0) return -1;
     return 0;
