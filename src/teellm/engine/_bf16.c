@@ -179,6 +179,27 @@ TARGET static void run(const uint16_t *x, long m, long k, const Part *parts, int
 }
 
 
+/* ---- sixteen bfloat16 values at a time (the tail masked) ---------------------------- */
+
+TARGET static inline __m512 load_bf16_masked(const uint16_t *p, __mmask16 mask) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+/* float32 -> bfloat16 -> float32: round to nearest even, as torch does. */
+TARGET static inline __m512 round_bf16(__m512 v) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+TARGET static inline void store_bf16_masked(uint16_t *p, __m512 v, __mmask16 mask) {
+    _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __mmask16 tail_mask(long left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
 /* ---- decode attention -------------------------------------------------------------
  * One new query token per row against that row's cached keys and values, grouped-query:
  * query head h reads KV head h / group. Row b attends cache positions [lo_b, len_b) with
@@ -206,11 +227,6 @@ TARGET static inline __m512 exp_neg(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-TARGET static inline __m512 load_bf16x16(const uint16_t *p) {
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
 /* One query head: q [d], keys/values rows [lo, hi) of one (slot, KV head) plane. */
 TARGET static void attend_one(const uint16_t *q, const uint16_t *keys, const uint16_t *values,
                               long lo, long hi, long d, float scale, float *scores,
@@ -229,7 +245,7 @@ TARGET static void attend_one(const uint16_t *q, const uint16_t *keys, const uin
     }
     __m512 vbest = _mm512_set1_ps(best), vsum = _mm512_setzero_ps();
     for (long t = 0; t < n; t += 16) {
-        __mmask16 mask = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+        __mmask16 mask = tail_mask(n - t);
         __m512 e = exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores + t), vbest));
         e = _mm512_maskz_mov_ps(mask, e);
         _mm512_mask_storeu_ps(scores + t, mask, e);
@@ -243,13 +259,10 @@ TARGET static void attend_one(const uint16_t *q, const uint16_t *keys, const uin
         __m512 w = _mm512_set1_ps(scores[t]);
         const uint16_t *vt = values + (lo + t) * d;
         for (long c = 0; c < chunks; c++)
-            acc[c] = _mm512_fmadd_ps(w, load_bf16x16(vt + c * 16), acc[c]);
+            acc[c] = _mm512_fmadd_ps(w, load_bf16_masked(vt + c * 16, 0xffff), acc[c]);
     }
-    float tmp[16];
-    for (long c = 0; c < chunks; c++) {
-        _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)));
-        for (int i = 0; i < 16; i++) out[c * 16 + i] = to_bf16(tmp[i]);
-    }
+    for (long c = 0; c < chunks; c++)
+        store_bf16_masked(out + c * 16, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)), 0xffff);
 }
 
 TARGET static void attend(const uint16_t *q, const uint16_t *kc, const uint16_t *vc,
@@ -282,25 +295,6 @@ TARGET static void attend(const uint16_t *q, const uint16_t *kc, const uint16_t 
  * A decode step's element-wise work is a few thousand values per row; as torch ops each
  * costs one dispatch and one parallel region (about 20 us), more than the arithmetic.
  * These run on the calling thread and round where the reference model rounds. */
-
-TARGET static inline __m512 load_bf16_masked(const uint16_t *p, __mmask16 mask) {
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
-/* float32 -> bfloat16 -> float32: round to nearest even, as torch does. */
-TARGET static inline __m512 round_bf16(__m512 v) {
-    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-TARGET static inline void store_bf16_masked(uint16_t *p, __m512 v, __mmask16 mask) {
-    _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
-}
-
-static inline __mmask16 tail_mask(long left) {
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
 
 /* Per row: s = x (+ delta, rounded, written to x_out); h = w * (s / rms(s)), rounded
  * after the normalisation and after the scaling, as weight * rms_norm(s.float()).to(bf16). */
@@ -388,16 +382,19 @@ TARGET static void rope_cache(const uint16_t *q, const uint16_t *k, const uint16
 
 static int kernel_ok = -1;
 
+static int kernel_supported(void) {
+    if (kernel_ok < 0) kernel_ok = cpu_supported();
+    return kernel_ok;
+}
+
 static PyObject *available(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    if (kernel_ok < 0) kernel_ok = cpu_supported();
-    return PyBool_FromLong(kernel_ok);
+    return PyBool_FromLong(kernel_supported());
 }
 
 static int kernel_ready(void) {
-    if (kernel_ok < 0) kernel_ok = cpu_supported();
-    if (!kernel_ok) PyErr_SetString(PyExc_RuntimeError, "the native kernels need x86-64 with AVX-512 BF16");
+    if (!kernel_supported()) PyErr_SetString(PyExc_RuntimeError, "the native kernels need x86-64 with AVX-512 BF16");
     return kernel_ok;
 }
 
