@@ -74,6 +74,12 @@ def test_bundle_weights_are_used_without_copies(bundle: dict[str, Path], model_d
         layer = model.layers[1]
         name = "model.layers.1.mlp.down_proj.weight"
         assert layer.down.weight.data_ptr() == loaded.tensors[name].data_ptr()
+        if model.native:  # the native kernel is handed the loader's memory, not a copy
+            kernel = layer.attn_in._kernel
+            assert kernel is not None
+            names = [f"model.layers.1.self_attn.{p}_proj.weight" for p in "qkv"]
+            addresses = [w for w, _, _ in kernel._spec]
+            assert addresses == [loaded.tensors[n].data_ptr() for n in names]
         with engine:
             sealed = engine.generate(_req(max_tokens=12, ignore_eos=True))
     with Engine(ModelSource.from_dir(model_dir), ModelSettings(), model_id="plain") as plain:
