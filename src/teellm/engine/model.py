@@ -38,8 +38,13 @@ class Linear:
     ) -> None:
         self.weight = weight
         self.bias = bias
-        self.native = native and kernels.usable(weight, bias)
-        self._kernel = kernels.Projection(((weight, bias),)) if self.native else None
+        usable = native and kernels.usable(weight, bias)
+        self._kernel = kernels.Projection(((weight, bias),)) if usable else None
+
+    @property
+    def native(self) -> bool:
+        """Whether few-row inputs go to the native kernel."""
+        return self._kernel is not None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is not None and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:
@@ -230,6 +235,7 @@ class Transformer:
         self.arena = arena or TensorArena(protect=False)
         native = native_kernels and precision == "bfloat16"
         self.native = native and kernels.available()
+        self._native_attention = self.native and kernels.attention_usable(cfg.head_dim)
         w = _Weights(tensors, self.dtype, self.arena)
         h, hd = cfg.hidden_size, cfg.head_dim
         q_out, kv_out, inter = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.intermediate_size
@@ -342,7 +348,7 @@ class Transformer:
         # native kernels, which take each row's position instead of index tensors and a
         # mask; other steps use torch.
         positions = lengths = None
-        if seqlen == 1 and self.native and kernels.attention_usable(hd):
+        if seqlen == 1 and self._native_attention:
             positions = batch.positions[:, 0].contiguous()
             lengths = positions + 1
         else:
